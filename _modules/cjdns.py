@@ -1,0 +1,1408 @@
+"""
+Execution module for cjdns nodes: keys and addresses, the cjdroute.conf dialect with
+comment-preserving edits, peer validation and merging, and safe writes.
+
+It imports and tests as plain Python; Salt's dunders are used only in the public Salt
+functions at the bottom of the file. No function returns a private key or a password.
+
+CLI examples::
+
+    salt-call cjdns.address 0ccvtu9w6dd9qus12pqzsc37rp16p8vcptzx75wkm64406y6g9k0.k
+    salt-call cjdns.check_config /etc/cjdns/cjdroute.conf
+    salt-call cjdns.identity
+    salt-call cjdns.peers
+"""
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import ipaddress
+import os
+import re
+import secrets
+import stat
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Union
+
+try:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    _HAS_CRYPTOGRAPHY = True
+except ImportError:  # pragma: no cover - reported by __virtual__
+    _HAS_CRYPTOGRAPHY = False
+
+__virtualname__ = "cjdns"
+
+# The formula's defaults live in cjdns/defaults.yaml; these mirror the ones the module
+# needs when called without pillar (tests/unit/test_defaults.py keeps them equal).
+DEFAULT_CONFIG = "/etc/cjdns/cjdroute.conf"
+HIDDEN = "<hidden>"
+
+
+def __virtual__():
+    if not _HAS_CRYPTOGRAPHY:
+        return (False, "cjdns: the python 'cryptography' library (X25519) is not installed")
+    return __virtualname__
+
+
+class CjdnsError(Exception):
+    """An error with the field it concerns and the reason, ready for a state comment."""
+
+
+class KeyFormatError(CjdnsError):
+    """A public or private key that cjdns (or this module, which is stricter) refuses.
+
+    ``code`` is the name cjdns's Key_parse gives the same failure (TOO_SHORT, MALFORMED,
+    DECODE_FAILED, INVALID) or NOT_CANONICAL where cjdns accepts a spelling we refuse.
+    """
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ConfigSyntaxError(CjdnsError):
+    """cjdroute.conf text that cjdroute's strict parser refuses; line and column are 1-based."""
+
+    def __init__(self, reason: str, line: int, column: int) -> None:
+        super().__init__(f"line {line}, column {column}: {reason}")
+        self.reason = reason
+        self.line = line
+        self.column = column
+
+
+class ConfigError(CjdnsError):
+    """A config that parses but cannot be used or edited as asked."""
+
+
+class PeerError(CjdnsError):
+    """One or more invalid peers; ``problems`` lists every "field: reason"."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+# --------------------------------------------------------------------------------------
+# Keys and addresses (reference/cjdns.md §1; checked against the v20.7 vectors)
+# --------------------------------------------------------------------------------------
+
+BASE32_ALPHABET = "0123456789bcdfghjklmnpqrstuvwxyz"
+_BASE32_VALUE = {c: i for i, c in enumerate(BASE32_ALPHABET)}
+_PUBLIC_KEY_CHARS = 52
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def base32_encode(raw: bytes) -> str:
+    """cjdns base32: 5-bit groups taken least-significant bit first."""
+    number = int.from_bytes(raw, "little")
+    count = (len(raw) * 8 + 4) // 5
+    return "".join(BASE32_ALPHABET[(number >> (5 * i)) & 31] for i in range(count))
+
+
+def base32_decode(text: str, nbytes: int = 32) -> bytes:
+    """Inverse of base32_encode; refuses other characters and non-zero leftover bits."""
+    number = 0
+    for i, char in enumerate(text):
+        value = _BASE32_VALUE.get(char)
+        if value is None:
+            raise KeyFormatError(
+                f"character {char!r} at position {i + 1} is not cjdns base32 "
+                f"({BASE32_ALPHABET}: digits and lowercase letters without a, e, i, o)",
+                "DECODE_FAILED",
+            )
+        number |= value << (5 * i)
+    if number >> (8 * nbytes):
+        raise KeyFormatError(
+            "the last base32 character carries bits beyond the key's 256 "
+            "(a public key ends in 0 or 1 before '.k')",
+            "DECODE_FAILED",
+        )
+    return number.to_bytes(nbytes, "little")
+
+
+def _address_bytes(raw_public: bytes) -> bytes:
+    return hashlib.sha512(hashlib.sha512(raw_public).digest()).digest()[:16]
+
+
+def _format_ip6(raw16: bytes) -> str:
+    hexed = raw16.hex()
+    return ":".join(hexed[i : i + 4] for i in range(0, 32, 4))
+
+
+def parse_public_key(text: Any) -> bytes:
+    """Return the 32 raw bytes of a canonical cjdns public key, or raise KeyFormatError.
+
+    Stricter than cjdns's Key_parse: upper case and text after '.k' are refused.
+    """
+    if not isinstance(text, str):
+        raise KeyFormatError(f"must be a string, not {type(text).__name__}", "MALFORMED")
+    if len(text) < _PUBLIC_KEY_CHARS:
+        raise KeyFormatError(
+            f"too short: {len(text)} characters; a public key is 52 base32 characters and '.k'",
+            "TOO_SHORT",
+        )
+    if not text.isascii():
+        raise KeyFormatError("contains non-ASCII characters", "MALFORMED")
+    body, suffix, rest = text[:_PUBLIC_KEY_CHARS], text[52:54], text[54:]
+    if suffix != ".k":
+        raise KeyFormatError(
+            f"must be 52 base32 characters followed by '.k' (found {text[52:56]!r} after "
+            f"character 52; length {len(text)})",
+            "MALFORMED",
+        )
+    if rest:
+        raise KeyFormatError(
+            f"trailing text after '.k': {rest!r} (cjdns ignores it; we refuse it)", "NOT_CANONICAL"
+        )
+    if body != body.lower():
+        raise KeyFormatError(
+            "upper-case base32 (cjdns reads it, but keys are written in lower case; "
+            "use the lower-case spelling)",
+            "NOT_CANONICAL",
+        )
+    raw = base32_decode(body)
+    ip6 = _address_bytes(raw)
+    if ip6[0] != 0xFC:
+        raise KeyFormatError(
+            f"not a cjdns key: its address {_format_ip6(ip6)} is not in fc00::/8", "INVALID"
+        )
+    return raw
+
+
+def address(public_key: str) -> str:
+    """The fc00::/8 address of a public key, 8 groups of 4 lowercase hex digits.
+
+    CLI Example::
+
+        salt-call cjdns.address 0ccvtu9w6dd9qus12pqzsc37rp16p8vcptzx75wkm64406y6g9k0.k
+    """
+    return _format_ip6(_address_bytes(parse_public_key(public_key)))
+
+
+def _private_bytes(private_key: Any) -> bytes:
+    if not isinstance(private_key, str) or not _HEX64.fullmatch(private_key):
+        raise KeyFormatError("privateKey must be 64 hexadecimal characters", "MALFORMED")
+    return bytes.fromhex(private_key)
+
+
+def _raw_public(private_raw: bytes) -> bytes:
+    key = X25519PrivateKey.from_private_bytes(private_raw)
+    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def public_key(private_key: str) -> str:
+    """The ".k" public key of a 64-hex private key (cjdns stores private keys unclamped)."""
+    raw = _raw_public(_private_bytes(private_key))
+    if _address_bytes(raw)[0] != 0xFC:
+        raise KeyFormatError(
+            f"privateKey gives the address {_format_ip6(_address_bytes(raw))}, which is not in "
+            "fc00::/8: cjdns refuses such keys",
+            "INVALID",
+        )
+    return base32_encode(raw) + ".k"
+
+
+@dataclass(frozen=True)
+class Identity:
+    private_key: str = field(repr=False)
+    public_key: str
+    ipv6: str
+
+
+def identity_of(private_key: str) -> Identity:
+    """Public key and address of a private key (raises KeyFormatError if unusable)."""
+    pub = public_key(private_key)
+    return Identity(private_key.lower(), pub, address(pub))
+
+
+def _keypair() -> Identity:
+    """A fresh key whose address is in fc00::/8 (about one try in 256, as cjdns's Key_gen)."""
+    while True:
+        private_raw = secrets.token_bytes(32)
+        raw = _raw_public(private_raw)
+        ip6 = _address_bytes(raw)
+        if ip6[0] == 0xFC:
+            return Identity(private_raw.hex(), base32_encode(raw) + ".k", _format_ip6(ip6))
+
+
+def random_password(length: int = 31) -> str:
+    """A password in the style of genconf: cjdns base32 characters."""
+    return "".join(secrets.choice(BASE32_ALPHABET) for _ in range(length))
+
+
+# --------------------------------------------------------------------------------------
+# The cjdroute.conf dialect (reference/cjdns.md §2; vectors/genconf/cleanconf_parse_cases)
+#
+# Values are dicts, lists, strings and integers; comments are // and /* */; strings are raw
+# bytes between quotes whose only escape is \xHH. With "version" >= 2 cjdroute parses
+# strictly (commas required, none trailing); an older file falls back to a reader that
+# tolerates missing and trailing commas. We parse into a tree that remembers where every
+# value sits, so edits can rewrite just that span.
+# --------------------------------------------------------------------------------------
+
+Value = Union[dict, list, str, int]
+_WHITESPACE = " \t\n"
+_DIGITS = "0123456789"
+_MAX_DEPTH = 64
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+@dataclass
+class Node:
+    start: int
+    end: int
+
+
+@dataclass
+class StrNode(Node):
+    value: str
+
+
+@dataclass
+class IntNode(Node):
+    value: int
+
+
+@dataclass
+class ListNode(Node):
+    items: list[Node]
+
+
+@dataclass
+class Entry:
+    key: StrNode
+    value: Node
+
+
+@dataclass
+class DictNode(Node):
+    entries: list[Entry]
+
+    def get(self, key: str) -> Entry | None:
+        found = [entry for entry in self.entries if entry.key.value == key]
+        if len(found) > 1:
+            line = _line_of(found[-1].key.start)
+            raise ConfigError(f"key {key!r} appears {len(found)} times in one object{line}")
+        return found[0] if found else None
+
+
+# Set while parsing so ConfigError can name a line without threading text everywhere.
+_CURRENT_TEXT: list[str] = []
+
+
+def _line_of(offset: int) -> str:
+    if not _CURRENT_TEXT:
+        return ""
+    return f" (line {_CURRENT_TEXT[-1].count(chr(10), 0, offset) + 1})"
+
+
+@dataclass
+class Document:
+    """A parsed cjdroute.conf: the text, its tree, and whether the strict parser took it."""
+
+    text: str
+    root: DictNode
+    strict: bool
+    strict_error: ConfigSyntaxError | None = None
+
+    def data(self) -> dict:
+        return _to_python(self.root)
+
+
+def _to_python(node: Node) -> Value:
+    if isinstance(node, DictNode):
+        return {entry.key.value: _to_python(entry.value) for entry in node.entries}
+    if isinstance(node, ListNode):
+        return [_to_python(item) for item in node.items]
+    return node.value  # type: ignore[attr-defined]
+
+
+def _position(text: str, offset: int) -> tuple[int, int]:
+    line = text.count("\n", 0, offset) + 1
+    column = offset - (text.rfind("\n", 0, offset) + 1) + 1
+    return line, column
+
+
+def _describe(char: str) -> str:
+    if char == "":
+        return "end of file"
+    if char == "\r":
+        return "a carriage return (CRLF line ends: cjdroute v22 accepts only LF)"
+    return repr(char)
+
+
+class _Parser:
+    def __init__(self, text: str, strict: bool) -> None:
+        self.text = text
+        self.pos = 0
+        self.strict = strict
+
+    def fail(self, expected: str, offset: int | None = None) -> ConfigSyntaxError:
+        offset = self.pos if offset is None else offset
+        found = self.text[offset : offset + 1]
+        line, column = _position(self.text, offset)
+        return ConfigSyntaxError(f"expected {expected}, found {_describe(found)}", line, column)
+
+    def unterminated(self, what: str, closer: str) -> ConfigSyntaxError:
+        line, column = _position(self.text, self.pos)
+        return ConfigSyntaxError(f"expected '{closer}' to close the {what} opened here, found end of file", line, column)
+
+    def peek(self) -> str:
+        return self.text[self.pos : self.pos + 1]
+
+    def skip(self) -> None:
+        """Skip whitespace and comments."""
+        text = self.text
+        while self.pos < len(text):
+            char = text[self.pos]
+            if char in _WHITESPACE:
+                self.pos += 1
+            elif text.startswith("//", self.pos):
+                newline = text.find("\n", self.pos)
+                self.pos = len(text) if newline < 0 else newline + 1
+            elif text.startswith("/*", self.pos):
+                close = text.find("*/", self.pos + 2)
+                if close < 0:
+                    raise self.unterminated("comment", "*/")
+                self.pos = close + 2
+            else:
+                return
+
+    def document(self) -> DictNode:
+        self.skip()
+        if self.peek() != "{":
+            raise self.fail("'{' (the file must be one object)")
+        # Text after the closing brace is ignored by cjdroute (a parse case shows it).
+        return self.dict(0)
+
+    def value(self, depth: int) -> Node:
+        if depth > _MAX_DEPTH:
+            raise self.fail(f"at most {_MAX_DEPTH} levels of nesting")
+        char = self.peek()
+        if char == "{":
+            return self.dict(depth + 1)
+        if char == "[":
+            return self.list(depth + 1)
+        if char == '"':
+            return self.string()
+        if char == "-" or char in _DIGITS:
+            return self.integer()
+        raise self.fail("a value: an object, a list, a \"string\" or an integer")
+
+    def separator(self, close: str, what: str) -> bool:
+        """After an item: True if another item follows, False at the closing bracket."""
+        self.skip()
+        char = self.peek()
+        if char == close:
+            return False
+        if char == ",":
+            comma = self.pos
+            self.pos += 1
+            self.skip()
+            if self.peek() == close:
+                if self.strict:
+                    raise self.fail(f"another {what} after ','; a trailing comma is not allowed", comma)
+                return False
+            return True
+        if self.strict:
+            raise self.fail(f"',' or '{close}'")
+        return True
+
+    def dict(self, depth: int) -> DictNode:
+        start = self.pos
+        self.pos += 1
+        entries: list[Entry] = []
+        self.skip()
+        if self.peek() == "}":
+            self.pos += 1
+            return DictNode(start, self.pos, entries)
+        while True:
+            self.skip()
+            if self.peek() != '"':
+                raise self.fail("a \"key\" in double quotes")
+            key = self.string()
+            self.skip()
+            if self.peek() != ":":
+                raise self.fail("':' after the key")
+            self.pos += 1
+            self.skip()
+            entries.append(Entry(key, self.value(depth)))
+            if not self.separator("}", "key"):
+                break
+        self.pos += 1
+        return DictNode(start, self.pos, entries)
+
+    def list(self, depth: int) -> ListNode:
+        start = self.pos
+        self.pos += 1
+        items: list[Node] = []
+        self.skip()
+        if self.peek() == "]":
+            self.pos += 1
+            return ListNode(start, self.pos, items)
+        while True:
+            self.skip()
+            items.append(self.value(depth))
+            if not self.separator("]", "value"):
+                break
+        self.pos += 1
+        return ListNode(start, self.pos, items)
+
+    def string(self) -> StrNode:
+        start = self.pos
+        text = self.text
+        self.pos += 1
+        out = bytearray()
+        while True:
+            if self.pos >= len(text):
+                self.pos = start
+                raise self.unterminated("string", '"')
+            char = text[self.pos]
+            if char == '"':
+                self.pos += 1
+                break
+            if char == "\\":
+                digits = text[self.pos + 2 : self.pos + 4]
+                if text[self.pos + 1 : self.pos + 2] != "x" or not re.fullmatch(r"[0-9a-fA-F]{2}", digits):
+                    raise self.fail(
+                        "an escape of the form \\xHH (cjdroute knows no other: write \" as \\x22 "
+                        "and \\ as \\x5c)"
+                    )
+                out.append(int(digits, 16))
+                self.pos += 4
+                continue
+            if char in "\n\0":
+                raise self.fail("'\"' before the end of the line (strings cannot span lines)")
+            out += char.encode("utf-8", "surrogateescape")
+            self.pos += 1
+        return StrNode(start, self.pos, out.decode("utf-8", "surrogateescape"))
+
+    def integer(self) -> IntNode:
+        match = re.compile(r"-?[0-9]+").match(self.text, self.pos)
+        if not match:
+            raise self.fail("a digit after '-'", self.pos + 1)
+        value = int(match.group())
+        if not _INT64[0] <= value <= _INT64[1]:
+            raise self.fail("an integer that fits in 64 bits")
+        start, self.pos = self.pos, match.end()
+        return IntNode(start, self.pos, value)
+
+
+def parse(text: str) -> Document:
+    """Parse cjdroute.conf text the way cjdroute does; raise ConfigSyntaxError if it would refuse.
+
+    A file without "version" >= 2 that only the lenient reader accepts is returned with
+    ``strict=False``; editing such a file is refused (see edit functions).
+    """
+    try:
+        return Document(text, _Parser(text, strict=True).document(), strict=True)
+    except ConfigSyntaxError as strict_error:
+        try:
+            root = _Parser(text, strict=False).document()
+        except ConfigSyntaxError:
+            raise strict_error from None
+        version = _version_of(root)
+        if version >= 2:
+            raise strict_error from None
+        return Document(text, root, strict=False, strict_error=strict_error)
+
+
+def _version_of(root: DictNode) -> int:
+    version = [e.value for e in root.entries if e.key.value == "version"]
+    if version and isinstance(version[-1], IntNode):
+        return version[-1].value
+    return 0
+
+
+def loads(text: str) -> dict:
+    """cjdroute.conf text to Python data (a repeated key: the last one wins, as in cjdns v22)."""
+    return parse(text).data()
+
+
+def read_text(path: str) -> str:
+    with open(path, "rb") as handle:
+        raw = handle.read()
+    if b"\0" in raw:
+        raise ConfigError(f"{path}: contains NUL bytes; not a cjdroute.conf")
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def read_config(path: str) -> Document:
+    """Read and parse a config file; errors name the path, line and column."""
+    text = read_text(path)
+    try:
+        return parse(text)
+    except ConfigSyntaxError as error:
+        raise ConfigSyntaxError(f"{path}: {error.reason}", error.line, error.column) from None
+
+
+# --------------------------------------------------------------------------------------
+# Writing values in the dialect
+# --------------------------------------------------------------------------------------
+
+_INDENT = "    "
+
+
+def _quote(value: str) -> str:
+    out = ['"']
+    for byte in value.encode("utf-8", "surrogateescape"):
+        if 0x20 <= byte <= 0x7E and byte not in (0x22, 0x5C):
+            out.append(chr(byte))
+        else:
+            out.append(f"\\x{byte:02x}")
+    out.append('"')
+    return "".join(out)
+
+
+def dumps(value: Value, indent: str = "", unit: str = _INDENT) -> str:
+    """Serialize for cjdroute: dicts one key a line, `"key": value`, \\xHH escapes only."""
+    if isinstance(value, bool) or value is None or isinstance(value, float):
+        raise ConfigError(f"cjdroute.conf cannot hold {value!r}: only objects, lists, strings, integers")
+    if isinstance(value, int):
+        if not _INT64[0] <= value <= _INT64[1]:
+            raise ConfigError(f"integer {value} does not fit in 64 bits")
+        return str(value)
+    if isinstance(value, str):
+        return _quote(value)
+    inner = indent + unit
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        items = [f"{inner}{_quote(str(k))}: {dumps(v, inner, unit)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + indent + "}"
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return "[]"
+        items = [inner + dumps(v, inner, unit) for v in value]
+        return "[\n" + ",\n".join(items) + "\n" + indent + "]"
+    raise ConfigError(f"cjdroute.conf cannot hold a {type(value).__name__}")
+
+
+def cleanconf(text: str) -> str:
+    """What cjdroute v20.7 `--cleanconf` prints for a config it accepts (tests compare bytes)."""
+    root = parse(text).root
+    entries = list(root.entries)
+    version = [e for e in entries if e.key.value == "version"]
+    body = _clean_node(root, "", add_version=not version)
+    return body + "\n"
+
+
+def _clean_string(value: str) -> str:
+    out = ['"']
+    for byte in value.encode("utf-8", "surrogateescape"):
+        out.append(chr(byte) if 0x20 <= byte <= 0x7E and byte not in (0x22, 0x5C) else f"\\x{byte:02X}")
+    return "".join(out) + '"'
+
+
+def _clean_node(node: Node, indent: str, add_version: bool = False) -> str:
+    inner = indent + "  "
+    if isinstance(node, StrNode):
+        return _clean_string(node.value)
+    if isinstance(node, IntNode):
+        return str(node.value)
+    if isinstance(node, ListNode):
+        items = [inner + _clean_node(item, inner) for item in node.items]
+        open_, close = "[", "]"
+    else:
+        assert isinstance(node, DictNode)
+        items = []
+        for entry in node.entries:
+            value = "2" if add_version is False and entry.key.value == "version" and indent == "" else None
+            rendered = value or _clean_node(entry.value, inner)
+            items.append(f"{inner}{_clean_string(entry.key.value)} : {rendered}")
+        if add_version:
+            items.append(f'{inner}"version" : 2')
+        open_, close = "{", "}"
+    if not items:
+        return f"{open_}\n\n{indent}{close}"
+    return open_ + "\n" + ",\n".join(items) + "\n" + indent + close
+
+
+# --------------------------------------------------------------------------------------
+# Comment-preserving edits
+#
+# An edit changes only the spans of the values it manages: a changed value is replaced in
+# place, a removed entry takes its own line(s) and one comma with it, new entries are added
+# after the last one with the indentation of their siblings. Comments stay where they are.
+# Unchanged input gives identical bytes; every result is re-parsed strictly.
+# --------------------------------------------------------------------------------------
+
+Path = tuple  # of str (object keys) and int (list indexes)
+DELETE = object()
+
+
+@dataclass
+class _Item:
+    start: int
+    end: int
+    value: Node
+
+
+def _items(node: Node) -> list[_Item]:
+    if isinstance(node, DictNode):
+        return [_Item(e.key.start, e.value.end, e.value) for e in node.entries]
+    if isinstance(node, ListNode):
+        return [_Item(i.start, i.end, i) for i in node.items]
+    raise ConfigError("internal: not a container")
+
+
+def _line_start(text: str, offset: int) -> int:
+    return text.rfind("\n", 0, offset) + 1
+
+
+def _indent_at(text: str, offset: int) -> str | None:
+    """Leading whitespace of offset's line if only whitespace precedes offset on it."""
+    start = _line_start(text, offset)
+    prefix = text[start:offset]
+    return prefix if prefix.strip(" \t") == "" else None
+
+
+def _line_indent(text: str, offset: int) -> str:
+    start = _line_start(text, offset)
+    line = text[start:offset]
+    return line[: len(line) - len(line.lstrip(" \t"))]
+
+
+def _rest_of_line(text: str, offset: int) -> int:
+    """End of offset's line if only spaces and a // comment follow; else -1."""
+    pos = offset
+    while pos < len(text) and text[pos] in " \t":
+        pos += 1
+    if text.startswith("//", pos):
+        newline = text.find("\n", pos)
+        return len(text) if newline < 0 else newline
+    if pos >= len(text) or text[pos] == "\n":
+        return pos
+    return -1
+
+
+def _next_comma(text: str, offset: int) -> int:
+    scanner = _Parser(text, strict=True)
+    scanner.pos = offset
+    scanner.skip()
+    if scanner.peek() != ",":
+        raise ConfigError("internal: expected a comma between items")
+    return scanner.pos
+
+
+def _removal_span(text: str, item: _Item, with_comma: bool) -> tuple[int, int]:
+    """The span to cut to remove one item (and the comma after it when asked)."""
+    indent = _indent_at(text, item.start)
+    end = item.end
+    if with_comma:
+        comma = _next_comma(text, end)
+        if text[end:comma].strip(" \t") != "":
+            return item.start, comma + 1  # comma on another line: cut just item..comma
+        end = comma + 1
+    line_end = _rest_of_line(text, end)
+    if indent is not None and line_end >= 0:
+        return _line_start(text, item.start), min(line_end + 1, len(text))
+    return item.start, end
+
+
+def _child_indent(text: str, node: Node, items: list[_Item], unit: str) -> str:
+    if items:
+        indent = _indent_at(text, items[-1].start)
+        if indent is not None:
+            return indent
+    body = text[node.start + 1 : node.end - 1]
+    lines = [line for line in body.split("\n")[1:] if line.strip()]
+    closing = _indent_at(text, node.end - 1)
+    if lines and closing is not None:
+        last = lines[-1]
+        return last[: len(last) - len(last.lstrip(" \t"))]
+    return _line_indent(text, node.start) + unit
+
+
+def _render_item(key: str | None, value: Value, indent: str, unit: str) -> str:
+    rendered = dumps(value, indent, unit)
+    return rendered if key is None else f"{_quote(key)}: {rendered}"
+
+
+def _apply(text: str, edits: list[tuple[int, int, str]]) -> str:
+    out, last = [], 0
+    for start, end, replacement in sorted(edits, key=lambda e: (e[0], e[1])):
+        if start < last:
+            raise ConfigError("internal: overlapping edits")
+        out.append(text[last:start])
+        out.append(replacement)
+        last = end
+    out.append(text[last:])
+    return "".join(out)
+
+
+def _container_edits(
+    text: str, node: Node, changes: dict, unit: str
+) -> tuple[list[tuple[int, int, str]], list[tuple[str | None, Value]]]:
+    """Edits for updates and deletions in one object or list; additions are returned apart."""
+    items = _items(node)
+    keys: list[Any]
+    if isinstance(node, DictNode):
+        keys = [e.key.value for e in node.entries]
+        if len(set(keys)) != len(keys):
+            dup = next(k for k in keys if keys.count(k) > 1)
+            raise ConfigError(f"key {dup!r} appears twice in the object being edited; fix it by hand")
+    else:
+        keys = list(range(len(items)))
+    edits: list[tuple[int, int, str]] = []
+    deleted = {i for i, k in enumerate(keys) if changes.get(k, None) is DELETE}
+    survivors = [i for i in range(len(items)) if i not in deleted]
+    last_survivor = survivors[-1] if survivors else -1
+    for i, (key, item) in enumerate(zip(keys, items)):
+        if key not in changes or i in deleted:
+            continue
+        new = changes[key]
+        if _to_python(item.value) == new and _same_type(item.value, new):
+            continue
+        indent = _indent_at(text, item.start)
+        indent = _line_indent(text, item.start) if indent is None else indent
+        edits.append((item.value.start, item.value.end, dumps(new, indent, unit)))
+    for i in sorted(deleted):
+        trailing = i > last_survivor
+        last = i == len(items) - 1
+        edits.append((*_removal_span(text, items[i], with_comma=not last), ""))
+        if trailing and i == last_survivor + 1 and last_survivor >= 0:
+            comma = _next_comma(text, items[last_survivor].end)
+            edits.append((comma, comma + 1, ""))
+    present = set(keys)
+    additions = [
+        (k if isinstance(node, DictNode) else None, v)
+        for k, v in changes.items()
+        if k not in present and v is not DELETE and not isinstance(k, int)
+    ]
+    return edits, additions
+
+
+def _same_type(node: Node, value: Any) -> bool:
+    kinds = {StrNode: str, IntNode: int, DictNode: dict, ListNode: list}
+    return isinstance(value, kinds[type(node)]) and not isinstance(value, bool)
+
+
+def _addition_edits(text: str, node: Node, additions: list, unit: str) -> list[tuple[int, int, str]]:
+    if not additions:
+        return []
+    items = _items(node)
+    indent = _child_indent(text, node, items, unit)
+    rendered = [indent + _render_item(k, v, indent, unit) for k, v in additions]
+    if items:
+        end = items[-1].end
+        line_end = _rest_of_line(text, end)
+        block = "\n" + ",\n".join(rendered)
+        if line_end < 0:
+            return [(end, end, "," + block)]
+        return [(end, end, ","), (line_end, line_end, block)]
+    closing = node.end - 1
+    if _indent_at(text, closing) is not None:
+        at = _line_start(text, closing)
+        return [(at, at, ",\n".join(rendered) + "\n")]
+    close_indent = _line_indent(text, node.start)
+    return [(node.start + 1, closing, "\n" + ",\n".join(rendered) + "\n" + close_indent)]
+
+
+def _collapse_empty(text: str, path: Path, unit: str) -> str:
+    """An object or list whose last entry was removed and that holds only whitespace: {} / []."""
+    node = _lookup(parse(text).root, path)
+    if _items(node) == [] and text[node.start + 1 : node.end - 1].strip() == "":
+        return text[: node.start + 1] + text[node.end - 1 :]
+    return text
+
+
+def _lookup(root: DictNode, path: Path) -> Node:
+    node: Node = root
+    for depth, step in enumerate(path):
+        where = "/".join(str(p) for p in path[: depth + 1])
+        if isinstance(step, int):
+            if not isinstance(node, ListNode) or not -len(node.items) <= step < len(node.items):
+                raise ConfigError(f"{where}: no such list item")
+            node = node.items[step]
+        else:
+            if not isinstance(node, DictNode):
+                raise ConfigError(f"{where}: parent is not an object")
+            entry = node.get(step)
+            if entry is None:
+                raise ConfigError(f"{where}: missing")
+            node = entry.value
+    return node
+
+
+def _require_strict(doc: Document) -> None:
+    if not doc.strict:
+        assert doc.strict_error is not None
+        raise ConfigSyntaxError(
+            "the file has no \"version\": 2 and only cjdroute's old lenient reader accepts it ("
+            + doc.strict_error.reason
+            + "); fix this spot or add the missing commas before it can be edited safely",
+            doc.strict_error.line,
+            doc.strict_error.column,
+        )
+
+
+def edit(text: str, path: Path, changes: dict, unit: str = _INDENT) -> str:
+    """Apply changes to the object or list at path: {key: new value | DELETE}.
+
+    For lists, keys are indexes to replace or delete; new items go in ``changes[None]``
+    as a list to append. Returns text identical to the input when nothing changes.
+    """
+    doc = parse(text)
+    _require_strict(doc)
+    node = _lookup(doc.root, path)
+    appends = changes.pop(None, []) if isinstance(node, ListNode) else []
+    edits, additions = _container_edits(text, node, changes, unit)
+    additions += [(None, v) for v in appends]
+    removed_any = any(v is DELETE for v in changes.values())
+    if edits:
+        text = _apply(text, edits)
+        if removed_any:
+            text = _collapse_empty(text, path, unit)
+        node = _lookup(parse(text).root, path)
+    if additions:
+        text = _apply(text, _addition_edits(text, node, additions, unit))
+    if edits or additions:
+        parse(text)  # what we write must pass the strict parser
+    return text
+
+
+def set_path(text: str, path: Path, value: Value, unit: str = _INDENT) -> str:
+    """Set one value, creating missing parent objects."""
+    root = parse(text).root
+    for depth in range(len(path) - 1, -1, -1):
+        try:
+            parent = _lookup(root, path[:depth])
+        except ConfigError:
+            continue
+        nested: Any = value
+        for step in reversed(path[depth + 1 :]):
+            nested = {step: nested}
+        if not isinstance(parent, (DictNode, ListNode)):
+            where = "/".join(str(p) for p in path[:depth]) or "top level"
+            raise ConfigError(f"{where}: is not an object, cannot set {'/'.join(map(str, path))}")
+        return edit(text, path[:depth], {path[depth]: nested}, unit)
+    raise ConfigError("internal: empty path")
+
+
+def delete_path(text: str, path: Path) -> str:
+    """Remove one key or list item; a missing one is not an error (nothing changes)."""
+    try:
+        _lookup(parse(text).root, path)
+    except ConfigError:
+        return text
+    return edit(text, path[:-1], {path[-1]: DELETE})
+
+
+def get_path(data: Any, path: Path, default: Any = None) -> Any:
+    for step in path:
+        if isinstance(step, int) and isinstance(data, list) and -len(data) <= step < len(data):
+            data = data[step]
+        elif isinstance(step, str) and isinstance(data, dict) and step in data:
+            data = data[step]
+        else:
+            return default
+    return data
+
+
+# --------------------------------------------------------------------------------------
+# Peers (connectTo entries)
+# --------------------------------------------------------------------------------------
+
+PEER_FIELDS = ("password", "publicKey", "login", "peerName")
+_MESH = ipaddress.ip_network("fc00::/8")
+
+
+def endpoint_family(endpoint: Any) -> int:
+    """4 or 6 for a connectTo key `a.b.c.d:port` / `[v6]:port`; raises CjdnsError with the reason."""
+    if not isinstance(endpoint, str):
+        raise CjdnsError(f"must be a string 'a.b.c.d:port' or '[ipv6]:port', not {type(endpoint).__name__}")
+    match = re.fullmatch(r"\[([^\]]*)\]:(\d{1,5})|([^:\[\]]+):(\d{1,5})", endpoint)
+    if not match:
+        if endpoint.count(":") > 1 and not endpoint.startswith("["):
+            raise CjdnsError("an IPv6 endpoint needs brackets: '[2001:db8::1]:port'")
+        raise CjdnsError("must be 'a.b.c.d:port' or '[ipv6]:port' with a port in 1-65535")
+    host6, port6, host4, port4 = match.groups()
+    port = int(port6 or port4)
+    if not 1 <= port <= 65535:
+        raise CjdnsError(f"port {port} is not in 1-65535")
+    if host4 is not None:
+        if not re.fullmatch(r"[0-9.]+", host4):
+            raise CjdnsError(f"{host4!r} is not an IP address; cjdroute does not resolve hostnames")
+        try:
+            ipaddress.IPv4Address(host4)
+        except ValueError:
+            raise CjdnsError(f"{host4!r} is not an IPv4 address") from None
+        return 4
+    try:
+        ip = ipaddress.IPv6Address(host6)
+    except ValueError:
+        raise CjdnsError(f"{host6!r} is not an IPv6 address") from None
+    if ip in _MESH:
+        raise CjdnsError(
+            f"{ip} is a cjdns (fc00::/8) address; a peer is reached over the internet or LAN, "
+            "not over cjdns itself"
+        )
+    return 6
+
+
+def _check_text_field(value: Any, what: str, max_len: int = 256) -> str | None:
+    if not isinstance(value, str):
+        return f"must be a string, not {type(value).__name__}"
+    if value == "":
+        return "must not be empty"
+    if len(value) > max_len:
+        return f"longer than {max_len} characters"
+    if not all(0x20 < ord(c) < 0x7F for c in value):
+        return f"{what} must be printable ASCII without spaces"
+    if '"' in value or "\\" in value:
+        return f"{what} must not contain a double quote or a backslash"
+    return None
+
+
+def peer_problems(endpoint: Any, peer: Any, prefix: str = "peers") -> list[str]:
+    """Every problem of one peer as "field: reason" (empty when the peer is valid)."""
+    where = f"{prefix}.{endpoint}"
+    problems: list[str] = []
+    try:
+        endpoint_family(endpoint)
+    except CjdnsError as error:
+        problems.append(f"{where}: {error}")
+    if not isinstance(peer, dict):
+        return problems + [f"{where}: must be a mapping of {', '.join(PEER_FIELDS)}"]
+    for name in sorted(set(peer) - set(PEER_FIELDS)):
+        problems.append(f"{where}.{name}: unknown field (allowed: {', '.join(PEER_FIELDS)})")
+    if "publicKey" not in peer:
+        problems.append(f"{where}.publicKey: missing")
+    else:
+        try:
+            parse_public_key(peer["publicKey"])
+        except KeyFormatError as error:
+            problems.append(f"{where}.publicKey: {error}")
+    if "password" not in peer:
+        problems.append(f"{where}.password: missing")
+    else:
+        reason = _check_text_field(peer["password"], "a password")
+        if reason:
+            problems.append(f"{where}.password: {reason}")
+    for name in ("login", "peerName"):
+        if name in peer:
+            reason = _check_text_field(peer[name], f"{name}", 64)
+            if reason:
+                problems.append(f"{where}.{name}: {reason}")
+    return problems
+
+
+def validate_peers(peers: Any, prefix: str = "peers") -> dict:
+    """Check every peer; raise PeerError listing all problems; return the peers in field order."""
+    if not isinstance(peers, dict):
+        raise PeerError([f"{prefix}: must be a mapping of 'address:port' to peer settings"])
+    problems = [p for endpoint, peer in peers.items() for p in peer_problems(endpoint, peer, prefix)]
+    if problems:
+        raise PeerError(problems)
+    return {
+        endpoint: {name: peer[name] for name in PEER_FIELDS if name in peer}
+        for endpoint, peer in peers.items()
+    }
+
+
+def _udp_interfaces(data: dict) -> tuple[Path, list]:
+    """Path prefix and list of UDPInterface blocks (cjdroute also accepts a single object)."""
+    block = get_path(data, ("interfaces", "UDPInterface"))
+    if isinstance(block, dict):
+        return ("interfaces", "UDPInterface"), [block]
+    if isinstance(block, list):
+        return ("interfaces", "UDPInterface"), block
+    return ("interfaces", "UDPInterface"), []
+
+
+def _bind_family(bind: Any) -> int | None:
+    if not isinstance(bind, str):
+        return None
+    return 6 if bind.startswith("[") else 4
+
+
+def configured_peers(data: dict) -> dict:
+    """{endpoint: {"interface": index, **fields}} for every UDP connectTo entry."""
+    found: dict = {}
+    _, blocks = _udp_interfaces(data)
+    for index, block in enumerate(blocks):
+        connect_to = block.get("connectTo") if isinstance(block, dict) else None
+        if isinstance(connect_to, dict):
+            for endpoint, peer in connect_to.items():
+                found[endpoint] = {"interface": index, **(peer if isinstance(peer, dict) else {})}
+    return found
+
+
+def _connect_to_path(data: dict, family: int) -> Path:
+    prefix, blocks = _udp_interfaces(data)
+    single = isinstance(get_path(data, prefix), dict)
+    for index, block in enumerate(blocks):
+        if isinstance(block, dict) and _bind_family(block.get("bind")) == family:
+            base = prefix if single else prefix + (index,)
+            return base + ("connectTo",)
+    bind = "0.0.0.0:<port>" if family == 4 else "[::]:<port>"
+    raise ConfigError(
+        f"no interfaces.UDPInterface entry is bound to IPv{family} (\"bind\": \"{bind}\"); "
+        f"an IPv{family} peer needs one"
+    )
+
+
+@dataclass
+class PeerPlan:
+    text: str
+    added: list[str]
+    updated: list[str]
+    removed: list[str]
+
+
+def merge_peers(text: str, peers: dict, exclusive: bool = False, prune: tuple = ()) -> PeerPlan:
+    """Merge validated peers into the UDPInterface of their address family.
+
+    Hand-added peers are kept unless ``exclusive``; endpoints in ``prune`` (peers this
+    formula added earlier and pillar no longer lists) are removed either way.
+    """
+    doc = parse(text)
+    _require_strict(doc)
+    data = doc.data()
+    current = configured_peers(data)
+    plan: dict[Path, dict] = {}
+    added, updated, removed = [], [], []
+    prefix, _ = _udp_interfaces(data)
+    single = isinstance(get_path(data, prefix), dict)
+
+    def where(old: dict) -> Path:
+        return (prefix if single else prefix + (old["interface"],)) + ("connectTo",)
+
+    for endpoint, peer in peers.items():
+        path = _connect_to_path(data, endpoint_family(endpoint))
+        old = current.get(endpoint)
+        if old is None:
+            added.append(endpoint)
+        elif where(old) != path:  # hand-placed in the wrong family's interface: move it
+            plan.setdefault(where(old), {})[endpoint] = DELETE
+            updated.append(endpoint)
+        elif {k: v for k, v in old.items() if k != "interface"} == peer:
+            continue
+        else:
+            updated.append(endpoint)
+        plan.setdefault(path, {})[endpoint] = peer
+    for endpoint, old in current.items():
+        if endpoint in peers or not (exclusive or endpoint in prune):
+            continue
+        plan.setdefault(where(old), {})[endpoint] = DELETE
+        removed.append(endpoint)
+    for path, changes in plan.items():
+        text = edit(text, path, changes)
+    return PeerPlan(text, sorted(added), sorted(updated), sorted(removed))
+
+
+# --------------------------------------------------------------------------------------
+# Files: atomic writes and a lock per config directory
+# --------------------------------------------------------------------------------------
+
+
+def _refuse_special(path: str) -> None:
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(info.st_mode):
+        raise ConfigError(f"{path}: is a symbolic link; refusing to replace it (point the formula at the real file)")
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(f"{path}: is not a regular file")
+
+
+def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
+    """Write data to path so that readers see the old or the new file, whole, never a mix.
+
+    The temporary file is created in the same directory with its final mode, synced,
+    renamed over path, and the directory is synced. Any failure leaves the old file as it was.
+    """
+    _refuse_special(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        owner = os.stat(path)
+    except FileNotFoundError:
+        owner = None
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)  # the umask must not widen or narrow it
+        if owner is not None:
+            os.fchown(fd, owner.st_uid, owner.st_gid)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_config(path: str, text: str) -> None:
+    """Atomically write config text after checking that cjdroute's strict parser accepts it."""
+    doc = parse(text)
+    _require_strict(doc)
+    atomic_write(path, text.encode("utf-8", "surrogateescape"), 0o600)
+
+
+@contextlib.contextmanager
+def locked(path: str, timeout: float = 60.0) -> Iterator[None]:
+    """Serialize read-modify-write cycles on one config (two applies at once)."""
+    import time
+
+    directory = os.path.dirname(os.path.abspath(path))
+    lock_path = os.path.join(directory, ".cjdns-formula.lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as error:
+                if error.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
+                    raise ConfigError(f"{path}: another run holds {lock_path} (waited {timeout:.0f} s)") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------------------
+# A new node's config (what `cjdroute --genconf` would write, with the formula's choices)
+# --------------------------------------------------------------------------------------
+
+_NEW_CONFIG = """{
+    // Private key: your confidentiality and data integrity depend on it, keep it secret!
+    // Made on this node by cjdns-formula; only its public half is ever shown.
+    "privateKey": @PRIVATE@,
+
+    // The public key and ipv6 address of this node (informational; cjdroute derives them).
+    "publicKey": @PUBLIC@,
+    "ipv6": @IPV6@,
+
+    // Anyone connecting and offering these passwords on connection will be allowed.
+    // Managed entries come from pillar cjdns:node:authorized_passwords.
+    "authorizedPasswords": [
+    ],
+
+    // The admin RPC interface (UDP); tools such as `salt-call cjdns.status` use it.
+    "admin": {
+        "bind": @ADMIN_BIND@,
+        "password": @ADMIN_PASSWORD@
+    },
+
+    "interfaces": {
+        "UDPInterface": [
+            {
+                // IPv4 peers.
+                "bind": @BIND4@,
+                "beacon": 0,
+                "connectTo": {
+                }
+            },
+            {
+                // IPv6 peers.
+                "bind": @BIND6@,
+                "connectTo": {
+                }
+            }
+        ]
+    },
+
+    "router": {
+        "supernodes": [
+        ],
+        "interface": {
+            "type": "TUNInterface",
+            "tunDevice": @TUN@
+        },
+        "ipTunnel": {
+            "allowedConnections": [
+            ],
+            "outgoingConnections": [
+            ]
+        }
+    },
+
+    // cjdroute drops its privileges after setting up the TUN device.
+    "security": [
+        { "setuser": "nobody", "keepNetAdmin": 1 },
+        { "chroot": "/var/run/" },
+        { "nofiles": 0 },
+        { "noforks": 1 },
+        { "seccomp": 1 },
+        { "setupComplete": 1 }
+    ],
+
+    "logging": {
+    },
+
+    "noBackground": 0,
+
+    // Strict parsing: the file can be edited by tools without losing comments.
+    "version": 2
+}
+"""
+
+
+def new_config(ident: Identity, port: int, admin_bind: str, admin_password: str, tun: str) -> str:
+    """The text of a fresh config for ident (settings are then managed by the states)."""
+    values = {
+        "@PRIVATE@": ident.private_key,
+        "@PUBLIC@": ident.public_key,
+        "@IPV6@": ident.ipv6,
+        "@ADMIN_BIND@": admin_bind,
+        "@ADMIN_PASSWORD@": admin_password,
+        "@BIND4@": f"0.0.0.0:{port}",
+        "@BIND6@": f"[::]:{port}",
+        "@TUN@": tun,
+    }
+    text = _NEW_CONFIG
+    for marker, value in values.items():
+        text = text.replace(marker, _quote(value))
+    parse(text)
+    return text
+
+
+# --------------------------------------------------------------------------------------
+# Checks of a parsed config (what cjdroute would refuse at start beyond syntax)
+# --------------------------------------------------------------------------------------
+
+
+def config_problems(data: dict) -> tuple[list[str], list[str]]:
+    """(errors, warnings) for a parsed config: what would stop cjdroute, and what is odd."""
+    errors: list[str] = []
+    warnings: list[str] = []
+    private = data.get("privateKey")
+    if private is None:
+        errors.append("privateKey: missing")
+    else:
+        try:
+            ident = identity_of(private)
+        except KeyFormatError as error:
+            errors.append(f"privateKey: {error}")
+        else:
+            for name, expected in (("publicKey", ident.public_key), ("ipv6", ident.ipv6)):
+                if name in data and data[name] != expected:
+                    errors.append(f"{name}: {data[name]!r} does not belong to privateKey (it gives {expected})")
+    if not isinstance(get_path(data, ("admin", "bind")), str):
+        errors.append("admin.bind: missing (cjdroute needs it)")
+    password = get_path(data, ("admin", "password"))
+    if isinstance(password, str) and len(password.encode()) > 53:
+        warnings.append("admin.password: longer than 53 bytes; cjdroute's admin auth only hashes 63 bytes of password+cookie, so no client can log in")
+    for index, entry in enumerate(data.get("authorizedPasswords", []) or []):
+        if not isinstance(entry, dict) or not isinstance(entry.get("password"), str):
+            errors.append(f"authorizedPasswords[{index}]: needs a \"password\" string")
+    for endpoint, peer in configured_peers(data).items():
+        fields = {k: v for k, v in peer.items() if k != "interface"}
+        extra = sorted(set(fields) - set(PEER_FIELDS) - {"version"})
+        for problem in peer_problems(endpoint, {k: v for k, v in fields.items() if k not in extra and k != "version"}, "connectTo"):
+            errors.append(problem)
+        if extra:
+            warnings.append(f"connectTo.{endpoint}: fields {', '.join(extra)} are ignored by cjdroute")
+    return errors, warnings
+
+
+# --------------------------------------------------------------------------------------
+# Salt functions (the boundary: defaults from config/pillar, errors as CommandExecutionError)
+# --------------------------------------------------------------------------------------
+
+
+def _command_error(message: str) -> Exception:
+    try:
+        from salt.exceptions import CommandExecutionError
+    except ImportError:  # plain-Python use
+        return CjdnsError(message)
+    return CommandExecutionError(message)
+
+
+def _config_path(path: str | None) -> str:
+    if path:
+        return path
+    try:
+        return __salt__["config.get"]("cjdns:paths:config", DEFAULT_CONFIG)  # type: ignore[name-defined]
+    except NameError:
+        return DEFAULT_CONFIG
+
+
+def _load(path: str) -> Document:
+    try:
+        return read_config(path)
+    except FileNotFoundError:
+        raise _command_error(f"{path}: no such file") from None
+    except PermissionError:
+        raise _command_error(f"{path}: permission denied (run as root)") from None
+    except IsADirectoryError:
+        raise _command_error(f"{path}: is a directory, not a config file") from None
+    except ConfigSyntaxError as error:
+        raise _command_error(f"{path}:{error.line}:{error.column}: {error.reason.split(': ', 1)[-1]}") from None
+    except CjdnsError as error:
+        raise _command_error(str(error)) from None
+
+
+def check_config(path: str | None = None) -> dict:
+    """Check a cjdroute.conf the way cjdroute would read it.
+
+    Returns ``{"path", "ok": True, "strict", "warnings"}``; a file cjdroute would refuse
+    raises an error ``path:line:column: reason`` (or ``path: field: reason``).
+
+    CLI Example::
+
+        salt-call cjdns.check_config /etc/cjdns/cjdroute.conf
+    """
+    path = _config_path(path)
+    doc = _load(path)
+    errors, warnings = config_problems(doc.data())
+    if errors:
+        raise _command_error(f"{path}: " + "; ".join(errors))
+    if not doc.strict:
+        assert doc.strict_error is not None
+        warnings.insert(0, f"no \"version\": 2: cjdroute reads it leniently; strict parsing fails at line {doc.strict_error.line}, column {doc.strict_error.column}: {doc.strict_error.reason}")
+    return {"path": path, "ok": True, "strict": doc.strict, "warnings": warnings}
+
+
+def identity(path: str | None = None) -> dict:
+    """The node's public key and address, after checking them against its private key.
+
+    CLI Example::
+
+        salt-call cjdns.identity
+    """
+    path = _config_path(path)
+    data = _load(path).data()
+    errors = [e for e in config_problems(data)[0] if e.split(":")[0] in ("privateKey", "publicKey", "ipv6")]
+    if errors:
+        raise _command_error(f"{path}: " + "; ".join(errors))
+    ident = identity_of(data["privateKey"])
+    return {"path": path, "public_key": ident.public_key, "ipv6": ident.ipv6}
+
+
+def peers(path: str | None = None) -> dict:
+    """The configured UDP peers, passwords hidden.
+
+    CLI Example::
+
+        salt-call cjdns.peers
+    """
+    path = _config_path(path)
+    result = {}
+    for endpoint, peer in configured_peers(_load(path).data()).items():
+        shown = {k: (HIDDEN if k == "password" else v) for k, v in peer.items()}
+        try:
+            shown["ipv6"] = address(peer.get("publicKey"))
+        except KeyFormatError as error:
+            shown["ipv6"] = f"invalid publicKey: {error}"
+        result[endpoint] = shown
+    return result
