@@ -1158,12 +1158,14 @@ def write_config(path: str, text: str) -> None:
 
 @contextlib.contextmanager
 def locked(path: str, timeout: float = 60.0) -> Iterator[None]:
-    """Serialize read-modify-write cycles on one config (two applies at once)."""
+    """Serialize read-modify-write cycles on one config (two applies at once).
+
+    The lock is an flock on the config's directory itself, so it leaves no file behind.
+    """
     import time
 
     directory = os.path.dirname(os.path.abspath(path))
-    lock_path = os.path.join(directory, ".cjdns-formula.lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     deadline = time.monotonic() + timeout
     try:
         while True:
@@ -1172,7 +1174,7 @@ def locked(path: str, timeout: float = 60.0) -> Iterator[None]:
                 break
             except OSError as error:
                 if error.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
-                    raise ConfigError(f"{path}: another run holds {lock_path} (waited {timeout:.0f} s)") from None
+                    raise ConfigError(f"{path}: another run is editing it (waited {timeout:.0f} s)") from None
                 time.sleep(0.05)
         yield
     finally:
@@ -1405,4 +1407,136 @@ def peers(path: str | None = None) -> dict:
         except KeyFormatError as error:
             shown["ipv6"] = f"invalid publicKey: {error}"
         result[endpoint] = shown
+    return result
+
+
+# --------------------------------------------------------------------------------------
+# The template's key beneath a bind mount (Qubes bind-dirs)
+# --------------------------------------------------------------------------------------
+
+
+def _mount_points() -> list[str]:
+    points = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as handle:
+        for line in handle:
+            point = line.split()[4]
+            points.append(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), point))
+    return points
+
+
+def _mount_of(path: str, points: list[str], exclude: str | None = None) -> str:
+    candidates = [p for p in points if p != exclude and (path == p or path.startswith(p.rstrip("/") + "/"))]
+    return max(candidates, key=len) if candidates else "/"
+
+
+def file_beneath_mount(path: str, timeout: float = 10.0) -> str | None:
+    """The text that lies at ``path`` in the qube's root filesystem, under a bind mount.
+
+    In a Qubes AppVM, bind-dirs mounts /rw/bind-dirs/etc/cjdns over /etc/cjdns; the root
+    beneath it is the template's. A non-recursive bind of the parent mount, made in a
+    private mount namespace of a child process, shows what the template has there. Returns
+    None when path is not under a bind mount or nothing lies beneath.
+    """
+    import subprocess
+    import tempfile
+
+    path = os.path.abspath(path)
+    points = _mount_points()
+    mounted = _mount_of(path, points)
+    if mounted not in (path, os.path.dirname(path)):
+        return None
+    parent = _mount_of(os.path.dirname(mounted) or "/", points, exclude=mounted)
+    relative = os.path.relpath(path, parent)
+    with tempfile.TemporaryDirectory(prefix="cjdns-beneath-") as view:
+        script = 'mount --bind -- "$1" "$2" && exec cat -- "$2/$3"'
+        proc = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh", parent, view, relative],
+            capture_output=True, timeout=timeout, check=False,
+        )
+    if proc.returncode != 0:
+        return None
+    return proc.stdout.decode("utf-8", "surrogateescape")
+
+
+def private_key_in(text: str) -> str | None:
+    """The privateKey of config text, if it parses and has one (used to compare, never shown)."""
+    try:
+        value = parse(text).data().get("privateKey")
+    except CjdnsError:
+        match = re.search(r'"privateKey"\s*:\s*"([0-9a-fA-F]{64})"', text)
+        value = match.group(1) if match else None
+    return value.lower() if isinstance(value, str) else None
+
+
+def read_public_keys(path: str) -> set[str]:
+    """Public keys listed one per line in a file (comments with #); missing file: empty."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return {line.split("#")[0].strip() for line in handle if line.split("#")[0].strip()}
+    except FileNotFoundError:
+        return set()
+
+
+# --------------------------------------------------------------------------------------
+# More Salt functions
+# --------------------------------------------------------------------------------------
+
+
+def regenerate_identity(path: str | None = None) -> dict:
+    """Give the node a new key pair (a deliberate act: its address changes for every peer).
+
+    Returns the old and new public key and address, never the private key.
+
+    CLI Example::
+
+        salt-call cjdns.regenerate_identity
+    """
+    path = _config_path(path)
+    with locked(path):
+        doc = _load(path)
+        _require_strict(doc)
+        old = doc.data().get("privateKey")
+        try:
+            before = identity_of(old) if isinstance(old, str) else None
+        except KeyFormatError:
+            before = None
+        ident = _keypair()
+        text = set_path(doc.text, ("privateKey",), ident.private_key)
+        text = set_path(text, ("publicKey",), ident.public_key)
+        text = set_path(text, ("ipv6",), ident.ipv6)
+        write_config(path, text)
+    old_view = {"public_key": before.public_key, "ipv6": before.ipv6} if before else None
+    return {"path": path, "old": old_view, "new": {"public_key": ident.public_key, "ipv6": ident.ipv6}}
+
+
+def credentials(user: str | None = None, path: str | None = None, endpoint: str = "your.address.here:PORT") -> dict:
+    """What a peer needs to connect to this node, per authorizedPasswords user.
+
+    This shows passwords on purpose: run it in the qube and hand the block to that peer.
+
+    CLI Example::
+
+        salt-call cjdns.credentials alice
+    """
+    path = _config_path(path)
+    data = _load(path).data()
+    ident = identity_of(data["privateKey"])
+    port = None
+    for block in _udp_interfaces(data)[1]:
+        bind = block.get("bind") if isinstance(block, dict) else None
+        if isinstance(bind, str) and ":" in bind:
+            port = bind.rsplit(":", 1)[1]
+            break
+    if port and endpoint.endswith(":PORT"):
+        endpoint = endpoint[:-4] + port
+    result = {}
+    for entry in data.get("authorizedPasswords", []) or []:
+        if not isinstance(entry, dict) or (user and entry.get("user") != user):
+            continue
+        block = {"password": entry.get("password"), "publicKey": ident.public_key}
+        if entry.get("user"):
+            block["login"] = entry["user"]
+        result[entry.get("user", "(no user)")] = {endpoint: block}
+    if user and not result:
+        raise _command_error(f"{path}: no authorizedPasswords entry with user {user!r}")
     return result

@@ -93,7 +93,7 @@ def test_directory_is_refused(tmp_path):
 def test_lock_serializes(tmp_path):
     path = str(tmp_path / "c.conf")
     with cj.locked(path):
-        with pytest.raises(cj.ConfigError, match="another run holds"):
+        with pytest.raises(cj.ConfigError, match="another run is editing it"):
             with cj.locked(path, timeout=0.2):
                 pass
     with cj.locked(path, timeout=0.2):

@@ -1,0 +1,697 @@
+"""
+States for a cjdns node: its identity (key pair), the managed settings of cjdroute.conf,
+its peers, and the installation of cjdroute.
+
+Every state computes the end state first, compares, and in test mode returns the changes a
+real run would report without writing; a real run writes once, atomically. A state that
+cannot do its job returns ``result: False`` with the field and the reason in ``comment`` and
+leaves every file as it was. ``changes`` never holds a private key or a password.
+
+.. code-block:: yaml
+
+    cjdns-proxy-identity:
+      cjdns.identity:
+        - name: /etc/cjdns/cjdroute.conf
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Callable
+
+__virtualname__ = "cjdns"
+
+HIDDEN = "<hidden>"
+NEW_KEY = "<new key, made on apply>"
+RECORD = ".cjdns-formula.json"
+
+
+def __virtual__():
+    if "cjdns.address" not in __salt__:
+        return (False, "cjdns state: the cjdns execution module did not load")
+    return __virtualname__
+
+
+def _cj() -> Any:
+    """The execution module itself (pure functions; private helpers included)."""
+    return sys.modules[__salt__["cjdns.address"].__module__]
+
+
+def _ret(name: str) -> dict:
+    return {"name": name, "result": True, "changes": {}, "comment": ""}
+
+
+def _fail(ret: dict, message: str) -> dict:
+    ret.update(result=False, changes={}, comment=message)
+    return ret
+
+
+def _test() -> bool:
+    return bool(__opts__.get("test"))
+
+
+def _guarded(name: str, body: Callable[[dict], dict]) -> dict:
+    """Run body under the config's lock; expected errors become result False with their text.
+
+    Test mode takes no lock and creates nothing (not even the lock file).
+    """
+    cj = _cj()
+    ret = _ret(name)
+    directory = os.path.dirname(os.path.abspath(name))
+    try:
+        if _test():
+            return body(ret)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        with cj.locked(name):
+            return body(ret)
+    except cj.ConfigSyntaxError as error:
+        return _fail(ret, f"{name}:{error.line}:{error.column}: {error.reason}")
+    except (cj.CjdnsError, OSError) as error:
+        text = str(error)
+        return _fail(ret, text if text.startswith(name) else f"{name}: {text}")
+
+
+def _read(name: str) -> str | None:
+    cj = _cj()
+    if os.path.lexists(name):
+        cj._refuse_special(name)
+        return cj.read_text(name)
+    return None
+
+
+def _finish(ret: dict, name: str, old: str | None, new: str, done: str, nothing: str) -> dict:
+    """Test mode: predict; else write if the text changed."""
+    if new == old:
+        ret["comment"] = nothing
+        return ret
+    if _test():
+        ret["result"] = None
+        ret["comment"] = f"{done} (test mode: not written)"
+        return ret
+    _cj().write_config(name, new)
+    ret["comment"] = done
+    return ret
+
+
+# --------------------------------------------------------------------------------------
+# Identity
+# --------------------------------------------------------------------------------------
+
+
+def _shared_reason(cj: Any, name: str, private_key: str, public: str, compromised: set,
+                   template_keys: str | None, check_beneath: bool) -> str | None:
+    if public in compromised:
+        return "its public key is listed in pillar as compromised"
+    if template_keys and public in cj.read_public_keys(template_keys):
+        return f"it is the template's key (listed in {template_keys})"
+    if check_beneath:
+        beneath = cj.file_beneath_mount(name)
+        if beneath is not None and cj.private_key_in(beneath) == private_key.lower():
+            return "it is the same key as the template's copy beneath the bind mount"
+    return None
+
+
+def identity(name: str, compromised_keys: list | None = None, template_keys: str | None = None,
+             check_beneath: bool = True, udp_port: int = 0, admin_bind: str = "127.0.0.1:11234",
+             tun_device: str = "tun0") -> dict:
+    """Keep a private key whose public key and address are the node's name.
+
+    name
+        The config file. Without one, a fresh config is written with a new key pair
+        (``udp_port``, ``admin_bind`` and ``tun_device`` fill it in; ``cjdns.config`` manages
+        them afterwards). Without a ``privateKey`` in it, one is added.
+
+    compromised_keys
+        Public keys whose private half must be replaced wherever found.
+
+    template_keys
+        A file listing the template's retired public keys (written by ``cjdns.template_keys_absent``).
+
+    check_beneath
+        Compare with the copy the template has beneath the bind mount (Qubes bind-dirs).
+
+    A key is never replaced for any other reason; a deliberate new identity is
+    ``salt-call cjdns.regenerate_identity``.
+    """
+    compromised = set(compromised_keys or [])
+
+    def body(ret: dict) -> dict:
+        cj = _cj()
+        old = _read(name)
+        if old is None:
+            ident = cj._keypair()
+            password = cj.random_password(40)
+            new = cj.new_config(ident, int(udp_port), admin_bind, password, tun_device)
+            ret["changes"] = {"public_key": {"old": None, "new": ident.public_key},
+                              "ipv6": {"old": None, "new": ident.ipv6}}
+            if _test():
+                ret["changes"] = {k: {"old": None, "new": NEW_KEY} for k in ret["changes"]}
+            return _finish(ret, name, None, new, f"made a new identity in a new config, address {ident.ipv6}" if not _test() else "would make a new identity in a new config", "")
+        doc = cj.parse(old)
+        cj._require_strict(doc)
+        data = doc.data()
+        private = data.get("privateKey")
+        replace_reason = None
+        before = None
+        if private is None:
+            replace_reason = "the config has no privateKey"
+        else:
+            try:
+                before = cj.identity_of(private)
+            except cj.KeyFormatError as error:
+                raise cj.ConfigError(
+                    f"privateKey: {error}; not replacing it silently, fix it or run "
+                    "`salt-call cjdns.regenerate_identity` for a new identity"
+                ) from None
+            replace_reason = _shared_reason(cj, name, private, before.public_key, compromised,
+                                            template_keys, check_beneath)
+        if replace_reason:
+            ident = cj._keypair()
+        else:
+            ident = before
+        new = old
+        if replace_reason:
+            new = cj.set_path(new, ("privateKey",), ident.private_key)
+        new = cj.set_path(new, ("publicKey",), ident.public_key)
+        new = cj.set_path(new, ("ipv6",), ident.ipv6)
+        old_view = {"public_key": before.public_key if before else None, "ipv6": before.ipv6 if before else None}
+        if replace_reason:
+            shown = NEW_KEY if _test() else None
+            ret["changes"] = {
+                "public_key": {"old": old_view["public_key"], "new": shown or ident.public_key},
+                "ipv6": {"old": old_view["ipv6"], "new": shown or ident.ipv6},
+            }
+            verb = "would replace" if _test() else "replaced"
+            done = f"{verb} the node's key because {replace_reason}" + (
+                f": address {old_view['ipv6']} -> {ident.ipv6}" if not _test() else "")
+        else:
+            fixed = [k for k in ("publicKey", "ipv6") if data.get(k) != getattr(ident, "public_key" if k == "publicKey" else "ipv6")]
+            if fixed:
+                ret["changes"] = {k: {"old": data.get(k), "new": ident.public_key if k == "publicKey" else ident.ipv6} for k in fixed}
+            done = f"kept the node's key (address {ident.ipv6}); corrected {', '.join(fixed)}"
+        return _finish(ret, name, old, new, done, f"identity kept: {ident.public_key} {ident.ipv6}")
+
+    return _guarded(name, body)
+
+
+# --------------------------------------------------------------------------------------
+# Managed settings
+# --------------------------------------------------------------------------------------
+
+
+def _record_path(name: str) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(name)), RECORD)
+
+
+def _read_record(name: str) -> dict:
+    try:
+        with open(_record_path(name), encoding="utf-8") as handle:
+            record = json.load(handle)
+        return record if isinstance(record, dict) else {}
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def _write_record(name: str, record: dict) -> None:
+    data = (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
+    path = _record_path(name)
+    try:
+        with open(path, "rb") as handle:
+            if handle.read() == data:
+                return
+    except FileNotFoundError:
+        pass
+    _cj().atomic_write(path, data, 0o600)
+
+
+def _port_of(bind: str) -> str:
+    return bind.rsplit(":", 1)[1] if isinstance(bind, str) and ":" in bind else ""
+
+
+def _settings_changes(cj: Any, text: str, data: dict, settings: dict, record: dict) -> tuple[str, dict, list]:
+    """Apply the managed settings to text; return new text, changes and the managed users."""
+    changes: dict = {}
+
+    def put(path: tuple, value: Any, label: str, secret: bool = False) -> None:
+        nonlocal text
+        old = cj.get_path(data, path)
+        if old == value and not isinstance(old, bool):
+            return
+        text = cj.set_path(text, path, value)
+        changes[label] = {"old": HIDDEN if secret and old is not None else old, "new": HIDDEN if secret else value}
+
+    def drop(path: tuple, label: str) -> None:
+        nonlocal text
+        old = cj.get_path(data, path)
+        if old is None:
+            return
+        text = cj.delete_path(text, path)
+        changes[label] = {"old": old, "new": None}
+
+    admin_bind = settings.get("admin_bind")
+    if admin_bind:
+        put(("admin", "bind"), admin_bind, "admin.bind")
+    password = settings.get("admin_password") or ""
+    current = cj.get_path(data, ("admin", "password"))
+    if password:
+        put(("admin", "password"), password, "admin.password", secret=True)
+    elif not isinstance(current, str) or current == "NONE" or len(current.encode()) > 53:
+        put(("admin", "password"), cj.random_password(40), "admin.password", secret=True)
+
+    port = int(settings.get("udp_port") or 0)
+    prefix, blocks = cj._udp_interfaces(data)
+    single = isinstance(cj.get_path(data, prefix), dict)
+    families = {cj._bind_family(b.get("bind")) for b in blocks if isinstance(b, dict)}
+    if port:
+        for index, block in enumerate(blocks):
+            bind = block.get("bind") if isinstance(block, dict) else None
+            if isinstance(bind, str) and _port_of(bind) != str(port):
+                host = bind.rsplit(":", 1)[0]
+                path = (prefix if single else prefix + (index,)) + ("bind",)
+                put(path, f"{host}:{port}", "/".join(map(str, path)))
+    if not blocks:
+        raise cj.ConfigError("interfaces.UDPInterface: missing; cjdroute needs at least one UDP interface")
+    if 6 not in families and not single and port:
+        text = cj.edit(text, prefix, {None: [{"bind": f"[::]:{port}", "connectTo": {}}]})
+        changes["interfaces/UDPInterface/[::]"] = {"old": None, "new": f"[::]:{port}"}
+    beacon = settings.get("beacon")
+    if beacon is not None:
+        for index, block in enumerate(blocks):
+            if isinstance(block, dict) and "beacon" in block:
+                path = (prefix if single else prefix + (index,)) + ("beacon",)
+                put(path, int(beacon), "/".join(map(str, path)))
+
+    tun = settings.get("tun_device")
+    if tun:
+        put(("router", "interface", "type"), "TUNInterface", "router.interface.type")
+        put(("router", "interface", "tunDevice"), tun, "router.interface.tunDevice")
+    log_to = settings.get("log_to") or ""
+    if log_to:
+        put(("logging", "logTo"), log_to, "logging.logTo")
+    else:
+        drop(("logging", "logTo"), "logging.logTo")
+    seeds = list(settings.get("dns_seeds") or [])
+    if seeds:
+        put(("router", "dnsSeeds"), seeds, "router.dnsSeeds")
+    else:
+        drop(("router", "dnsSeeds"), "router.dnsSeeds")
+
+    text, users = _authorized(cj, text, settings.get("authorized_passwords") or {}, record, changes)
+    return text, changes, users
+
+
+def _authorized(cj: Any, text: str, wanted: dict, record: dict, changes: dict) -> tuple[str, list]:
+    """Managed authorizedPasswords entries, one per named peer (matched by "user")."""
+    data = cj.loads(text)
+    entries = data.get("authorizedPasswords")
+    if entries is None:
+        text = cj.set_path(text, ("authorizedPasswords",), [])
+        entries = []
+    if not isinstance(entries, list):
+        raise cj.ConfigError("authorizedPasswords: must be a list")
+    by_user = {e.get("user"): i for i, e in enumerate(entries) if isinstance(e, dict)}
+    edits: dict = {}
+    appends = []
+    for user, options in sorted(wanted.items()):
+        options = options or {}
+        desired = {}
+        index = by_user.get(user)
+        old = entries[index] if index is not None else None
+        desired["password"] = options.get("password") or (old or {}).get("password") or cj.random_password(31)
+        desired["user"] = user
+        if options.get("ipv6"):
+            desired["ipv6"] = options["ipv6"]
+        if old == desired:
+            continue
+        label = f"authorizedPasswords.{user}"
+        if old is None:
+            appends.append(desired)
+            changes[label] = {"old": None, "new": {**desired, "password": HIDDEN}}
+        else:
+            edits[index] = desired
+            changes[label] = {"old": {**old, "password": HIDDEN}, "new": {**desired, "password": HIDDEN}}
+    for user in sorted(set(record.get("users", [])) - set(wanted)):
+        if user in by_user:
+            edits[by_user[user]] = cj.DELETE
+            changes[f"authorizedPasswords.{user}"] = {"old": {**entries[by_user[user]], "password": HIDDEN}, "new": None}
+    if appends:
+        edits[None] = appends
+    if edits:
+        text = cj.edit(text, ("authorizedPasswords",), edits)
+    return text, sorted(wanted)
+
+
+def _check_settings(settings: dict) -> list[str]:
+    problems = []
+    port = settings.get("udp_port")
+    if port not in (None, 0) and (not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535):
+        problems.append(f"udp_port: {port!r} is not a port number (1-65535)")
+    password = settings.get("admin_password")
+    if password:
+        reason = _cj()._check_text_field(password, "admin_password", 53)
+        if reason:
+            problems.append(f"admin_password: {reason}" + (" (cjdroute's admin auth hashes only 63 bytes of password+cookie)" if "longer" in reason else ""))
+    bind = settings.get("admin_bind")
+    if bind is not None:
+        try:
+            _cj().endpoint_family(bind)
+        except _cj().CjdnsError as error:
+            problems.append(f"admin_bind: {error}")
+    for user, options in (settings.get("authorized_passwords") or {}).items():
+        if not isinstance(options, (dict, type(None))):
+            problems.append(f"authorized_passwords.{user}: must be a mapping (password, ipv6) or empty")
+            continue
+        reason = _cj()._check_text_field(user, "a user name", 64)
+        if reason:
+            problems.append(f"authorized_passwords.{user}: {reason}")
+        for key in sorted(set(options or {}) - {"password", "ipv6"}):
+            problems.append(f"authorized_passwords.{user}.{key}: unknown field (allowed: password, ipv6)")
+        if options and options.get("password"):
+            reason = _cj()._check_text_field(options["password"], "a password")
+            if reason:
+                problems.append(f"authorized_passwords.{user}.password: {reason}")
+    tun = settings.get("tun_device")
+    if tun is not None and (not isinstance(tun, str) or not 1 <= len(tun) <= 15 or "/" in tun or " " in tun):
+        problems.append(f"tun_device: {tun!r} is not a Linux interface name (1-15 characters, no '/' or space)")
+    seeds = settings.get("dns_seeds")
+    if seeds is not None and (not isinstance(seeds, list) or not all(isinstance(s, str) and s for s in seeds)):
+        problems.append("dns_seeds: must be a list of host names (empty: no DNS-seed peering)")
+    beacon = settings.get("beacon")
+    if beacon is not None and beacon not in (0, 1, 2):
+        problems.append(f"beacon: {beacon!r} must be 0 (off), 1 (listen) or 2 (listen and send)")
+    return problems
+
+
+def config(name: str, settings: dict | None = None) -> dict:
+    """Manage the settings of cjdroute.conf the formula owns; everything else stays as it is.
+
+    settings (all optional)
+        ``admin_bind``; ``admin_password`` (empty: keep the node's own, or make one if it is
+        "NONE"); ``udp_port`` (both UDP interfaces); ``beacon``; ``tun_device``; ``log_to``;
+        ``dns_seeds`` (a list; empty removes ``router.dnsSeeds``); ``authorized_passwords``
+        (``{user: {password?, ipv6?}}``: a password is generated in the node when none is
+        given; see ``salt-call cjdns.credentials``).
+    """
+    settings = dict(settings or {})
+
+    def body(ret: dict) -> dict:
+        cj = _cj()
+        problems = _check_settings(settings)
+        if problems:
+            raise cj.ConfigError("; ".join(problems))
+        old = _read(name)
+        if old is None:
+            raise cj.ConfigError("no such file (cjdns.identity makes it)")
+        doc = cj.parse(old)
+        cj._require_strict(doc)
+        record = _read_record(name)
+        new, changes, users = _settings_changes(cj, old, doc.data(), settings, record)
+        ret["changes"] = changes
+        result = _finish(ret, name, old, new, f"set {', '.join(sorted(changes))}", "managed settings are as wanted")
+        if not _test() and record.get("users") != users:
+            _write_record(name, {**record, "users": users})
+        return result
+
+    return _guarded(name, body)
+
+
+# --------------------------------------------------------------------------------------
+# Peers
+# --------------------------------------------------------------------------------------
+
+
+def peers(name: str, peers: dict | None = None, exclusive: bool = False) -> dict:
+    """Merge pillar peers into the UDPInterface of their address family.
+
+    peers
+        ``{"a.b.c.d:port" or "[v6]:port": {password, publicKey, login?, peerName?}}``, as in
+        a ``connectTo`` block. All are validated first; one comment lists every problem.
+
+    exclusive
+        With it, every peer not in pillar is removed, hand-added ones too. Without it
+        (the default), hand-added peers stay, and only peers this formula added earlier
+        are removed when pillar no longer lists them.
+    """
+    wanted = peers or {}
+
+    def body(ret: dict) -> dict:
+        cj = _cj()
+        valid = cj.validate_peers(wanted)
+        old = _read(name)
+        if old is None:
+            raise cj.ConfigError("no such file (cjdns.identity makes it)")
+        record = _read_record(name)
+        prune = tuple(sorted(set(record.get("peers", [])) - set(valid)))
+        plan = cj.merge_peers(old, valid, exclusive=bool(exclusive), prune=prune)
+        labels = {e: (valid.get(e) or {}).get("peerName") for e in valid}
+        for kind in ("added", "updated", "removed"):
+            items = getattr(plan, kind)
+            if items:
+                ret["changes"][kind] = [f"{e} ({labels[e]})" if labels.get(e) else e for e in items]
+        summary = ", ".join(f"{len(getattr(plan, k))} {k}" for k in ("added", "updated", "removed") if getattr(plan, k))
+        result = _finish(ret, name, old, plan.text, f"peers: {summary}", f"{len(valid)} pillar peers configured, nothing to change")
+        managed = sorted(valid)
+        if not _test() and record.get("peers") != managed:
+            _write_record(name, {**record, "peers": managed})
+        return result
+
+    return _guarded(name, body)
+
+
+# --------------------------------------------------------------------------------------
+# The template holds no private key
+# --------------------------------------------------------------------------------------
+
+
+def template_keys_absent(name: str, paths: list | None = None, confdir: str | None = None) -> dict:
+    """Remove every cjdns private key from a Qubes template, remembering its public key.
+
+    name
+        File that lists the removed keys' public halves (public data, mode 0644). Qubes
+        made from the template read it to tell that a key they hold is the template's.
+
+    paths
+        Config files to check (e.g. the manual's /etc/cjdroute.conf).
+
+    confdir
+        A directory whose files are all checked (the formula's /etc/cjdns).
+    """
+    cj = _cj()
+    ret = _ret(name)
+    candidates = [p for p in (paths or []) if os.path.isfile(p) and not os.path.islink(p)]
+    if confdir and os.path.isdir(confdir):
+        candidates += sorted(
+            os.path.join(confdir, f) for f in os.listdir(confdir)
+            if os.path.isfile(os.path.join(confdir, f)) and not os.path.islink(os.path.join(confdir, f))
+        )
+    found: dict[str, str | None] = {}
+    for path in dict.fromkeys(candidates):
+        try:
+            private = cj.private_key_in(cj.read_text(path))
+        except (OSError, cj.CjdnsError):
+            continue
+        if private is None:
+            continue
+        try:
+            found[path] = cj.public_key(private)
+        except cj.KeyFormatError:
+            found[path] = None
+    known = cj.read_public_keys(name)
+    publics = sorted({p for p in found.values() if p} - known)
+    if not found and not publics:
+        ret["comment"] = "no private key in the template"
+        return ret
+    ret["changes"] = {"removed": sorted(found)}
+    if publics:
+        ret["changes"]["recorded_public_keys"] = publics
+    described = "; ".join(
+        f"{path} (public key {pub}, address {cj.address(pub)})" if pub else path for path, pub in sorted(found.items())
+    )
+    why = "a template's key would be shared by every qube made from it"
+    if _test():
+        ret["result"] = None
+        ret["comment"] = f"would remove the template's private key from {described}: {why}"
+        return ret
+    try:
+        if publics:
+            lines = sorted(known | set(publics))
+            text = "# Public keys of cjdns keys removed from this template (cjdns-formula).\n" + "\n".join(lines) + "\n"
+            os.makedirs(os.path.dirname(os.path.abspath(name)), mode=0o755, exist_ok=True)
+            cj.atomic_write(name, text.encode(), 0o644)
+        for path in found:
+            os.unlink(path)
+    except OSError as error:
+        return _fail(ret, f"could not remove the template's key: {error}")
+    ret["comment"] = f"removed the template's private key from {described}: {why}"
+    return ret
+
+
+# --------------------------------------------------------------------------------------
+# Installing cjdroute
+# --------------------------------------------------------------------------------------
+
+
+def _sha256(path: str) -> str | None:
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest() if hasattr(hashlib, "file_digest") else hashlib.sha256(handle.read()).hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+def _install_file(source: str, target: str) -> None:
+    directory = os.path.dirname(target)
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(target)}.")
+    try:
+        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+            shutil.copyfileobj(src, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _proxy_env(proxy: str, extra: dict) -> dict:
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TERM")}
+    env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    env.setdefault("HOME", "/root")
+    if proxy:
+        for key in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+            env[key] = proxy
+    env.update({str(k): str(v) for k, v in (extra or {}).items()})
+    return env
+
+
+def _run(argv: list, cwd: str | None, env: dict, timeout: float) -> None:
+    try:
+        proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"`{' '.join(argv)}` took longer than {timeout:.0f} s") from None
+    except FileNotFoundError:
+        raise RuntimeError(f"`{argv[0]}` is not installed") from None
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise RuntimeError(f"`{' '.join(argv)}` failed with exit code {proc.returncode}:\n{tail}")
+
+
+def _stamp(builddir: str) -> dict:
+    try:
+        with open(os.path.join(builddir, ".cjdns-formula-build.json"), encoding="utf-8") as handle:
+            return json.load(handle)
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def _check_install_args(method: str, rev: str, repo: str, url: str, sha256: str) -> list[str]:
+    import re
+
+    problems = []
+    if method not in ("source", "binary"):
+        problems.append(f"install.method: {method!r} must be 'source' or 'binary'")
+    if method == "source":
+        if not isinstance(rev, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,99}", rev):
+            problems.append(f"install.source.rev: {rev!r} is not a git tag or commit name")
+        if not isinstance(repo, str) or not re.fullmatch(r"(https://|file://|/)\S+", repo):
+            problems.append(f"install.source.repo: {repo!r} must be an https:// URL (or a local path)")
+    if method == "binary":
+        if not isinstance(url, str) or not re.fullmatch(r"(https://|file://)\S+", url):
+            problems.append(f"install.binary.url: {url!r} must be an https:// URL")
+        if not isinstance(sha256, str) or not re.fullmatch(r"[0-9a-f]{64}", sha256 or ""):
+            problems.append(f"install.binary.sha256: {sha256!r} must be 64 lowercase hex digits")
+    return problems
+
+
+def installed(name: str, method: str = "source", rev: str = "", repo: str = "", builddir: str = "",
+              tools: list | None = None, proxy: str = "", build_env: dict | None = None,
+              build_timeout: float = 3600, url: str = "", sha256: str = "") -> dict:
+    """cjdroute installed at ``name`` (e.g. /usr/bin/cjdroute), built from a pinned tag or
+    downloaded with a checksum.
+
+    method: source
+        git clone ``repo`` into ``builddir`` (through ``proxy``, Qubes' updates proxy in a
+        template), check out ``rev``, run ``./do``, install ``cjdroute`` and ``tools``
+        beside ``name``. Rebuilds only when ``rev`` changes (or the binary was altered).
+
+    method: binary
+        Download ``url``, refuse it unless its sha256 is ``sha256``, install it.
+    """
+    ret = _ret(name)
+    problems = _check_install_args(method, rev, repo, url, sha256)
+    if problems:
+        return _fail(ret, "; ".join(problems))
+    current = _sha256(name)
+    prefix = os.path.dirname(name)
+    if method == "binary":
+        if current == sha256:
+            ret["comment"] = f"{name} is installed with sha256 {sha256}"
+            return ret
+        ret["changes"] = {"cjdroute": {"old": current, "new": sha256}}
+        if _test():
+            ret.update(result=None, comment=f"would download {url} and install it as {name}")
+            return ret
+        return _install_binary(ret, name, url, sha256, proxy)
+    stamp = _stamp(builddir)
+    if stamp.get("rev") == rev and current and stamp.get("sha256") == current:
+        ret["comment"] = f"cjdroute {rev} is installed at {name}"
+        return ret
+    ret["changes"] = {"cjdroute": {"old": stamp.get("rev") if current else None, "new": rev}}
+    if _test():
+        ret.update(result=None, comment=f"would build cjdroute {rev} from {repo} in {builddir} and install it as {name}")
+        return ret
+    env = _proxy_env(proxy, build_env or {})
+    try:
+        if not os.path.isdir(os.path.join(builddir, ".git")):
+            os.makedirs(os.path.dirname(builddir.rstrip("/")) or "/", exist_ok=True)
+            _run(["git", "clone", "--no-checkout", repo, builddir], None, env, build_timeout)
+        _run(["git", "fetch", "--force", "--tags", repo], builddir, env, build_timeout)
+        _run(["git", "-c", "advice.detachedHead=false", "checkout", "--force", rev], builddir, env, 600)
+        started = time.monotonic()
+        _run(["./do"], builddir, env, build_timeout)
+        for tool in ["cjdroute", *(tools or [])]:
+            built = os.path.join(builddir, tool)
+            if tool == "cjdroute" or os.path.exists(built):
+                _install_file(built, os.path.join(prefix, tool) if tool != "cjdroute" else name)
+        stamp = {"rev": rev, "sha256": _sha256(name), "repo": repo, "seconds": round(time.monotonic() - started)}
+        with open(os.path.join(builddir, ".cjdns-formula-build.json"), "w", encoding="utf-8") as handle:
+            json.dump(stamp, handle)
+    except (RuntimeError, OSError) as error:
+        return _fail(ret, f"building cjdroute {rev}: {error}")
+    ret["comment"] = f"built cjdroute {rev} from {repo} and installed it as {name}"
+    return ret
+
+
+def _install_binary(ret: dict, name: str, url: str, sha256: str, proxy: str) -> dict:
+    import urllib.request
+
+    handlers = [urllib.request.ProxyHandler({"http": proxy, "https": proxy} if proxy else {})]
+    opener = urllib.request.build_opener(*handlers)
+    directory = os.path.dirname(name)
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".cjdroute.download.")
+    try:
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out, opener.open(url, timeout=60) as response:
+            while chunk := response.read(1 << 16):
+                digest.update(chunk)
+                out.write(chunk)
+        if digest.hexdigest() != sha256:
+            return _fail(ret, f"install.binary.sha256: {url} has sha256 {digest.hexdigest()}, not {sha256}; not installed")
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, name)
+    except OSError as error:
+        return _fail(ret, f"install.binary.url: could not download {url}: {error}")
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    ret["comment"] = f"installed {url} (sha256 {sha256}) as {name}"
+    return ret

@@ -1,0 +1,43 @@
+## cjdns.node: a cjdns node on a plain Debian minion (no Qubes): cjdroute installed, the
+## hardened unit, its own identity, managed settings and peers, and the service running.
+## The host firewall is left to you: open UDP cjdns:node:udp_port for incoming peers.
+## Pillar: cjdns:install, cjdns:node, cjdns:paths.
+## Execute: salt '<minion>' state.apply cjdns.node
+{%- set tplroot = tpldir.split("/")[0] %}
+{%- from tplroot ~ "/map.jinja" import cjdns, target with context %}
+{%- from tplroot ~ "/libguard.jinja" import refuse %}
+{%- from tplroot ~ "/libinstall.jinja" import install_states %}
+{%- from tplroot ~ "/libnode.jinja" import identity_state, config_states %}
+{%- if target != "node" %}
+{{ refuse(sls, "a plain minion without Qubes (in Qubes use cjdns.template and cjdns.proxy)", target) }}
+{%- else %}
+{{ install_states(cjdns, "cjdns-node", "") }}
+
+cjdns-node-unit:
+  file.managed:
+    - name: {{ cjdns.paths.unit }}
+    - source: salt://{{ tplroot }}/files/cjdns.service.jinja
+    - template: jinja
+    - context:
+        cjdns: {{ cjdns | json }}
+        qubes: false
+    - user: root
+    - group: root
+    - mode: '0644'
+
+{{ identity_state(cjdns, "cjdns-node", false) }}
+
+{{ config_states(cjdns, "cjdns-node") }}
+
+cjdns-node-running:
+  service.running:
+    - name: {{ cjdns.node.service }}
+    - enable: true
+    - require:
+      - cjdns: cjdns-node-cjdroute-installed
+    - watch:
+      - file: cjdns-node-unit
+      - cjdns: cjdns-node-identity
+      - cjdns: cjdns-node-config
+      - cjdns: cjdns-node-peers
+{%- endif %}

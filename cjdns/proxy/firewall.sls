@@ -1,0 +1,27 @@
+## cjdns.proxy.firewall: rules Qubes' qubes-firewall service loads at every start: the UDP
+## peering port open, fc00::/8 only through the TUN device (blackhole otherwise).
+## Execute: qubesctl --skip-dom0 --targets=sys-cjdns state.apply cjdns.proxy.firewall
+{%- set tplroot = tpldir.split("/")[0] %}
+{%- from tplroot ~ "/map.jinja" import cjdns, target with context %}
+{%- from tplroot ~ "/libguard.jinja" import refuse %}
+{%- if target != "app" %}
+{{ refuse(sls, "the Qubes AppVM " ~ cjdns.qubes.proxy, target) }}
+{%- else %}
+cjdns-proxy-firewall-rules:
+  file.managed:
+    - name: {{ cjdns.paths.firewall }}
+    - source: salt://{{ tplroot }}/files/proxy/firewall.jinja
+    - template: jinja
+    - context:
+        cjdns: {{ cjdns | json }}
+    - makedirs: true
+    - user: root
+    - group: root
+    - mode: '0755'
+
+cjdns-proxy-firewall-loaded:
+  cmd.run:
+    - name: {{ cjdns.paths.firewall }}
+    - onchanges:
+      - file: cjdns-proxy-firewall-rules
+{%- endif %}

@@ -1,0 +1,28 @@
+## cjdns.template.bind-dirs: each qube keeps its own config directory in /rw/bind-dirs.
+## The empty directory in the template is what bind-dirs copies on a qube's first boot.
+## Execute: qubesctl --skip-dom0 --targets=cjdns-gw state.apply cjdns.template.bind-dirs
+{%- set tplroot = tpldir.split("/")[0] %}
+{%- from tplroot ~ "/map.jinja" import cjdns, target with context %}
+{%- from tplroot ~ "/libguard.jinja" import refuse %}
+{%- if target != "template" %}
+{{ refuse(sls, "the Qubes template (" ~ cjdns.qubes.template ~ ")", target) }}
+{%- else %}
+cjdns-template-confdir:
+  file.directory:
+    - name: {{ cjdns.paths.confdir }}
+    - user: root
+    - group: root
+    - mode: '0700'
+
+cjdns-template-bind-dirs:
+  file.managed:
+    - name: {{ cjdns.paths.bind_dirs }}
+    - source: salt://{{ tplroot }}/files/bind-dirs.conf.jinja
+    - template: jinja
+    - context:
+        cjdns: {{ cjdns | json }}
+    - makedirs: true
+    - user: root
+    - group: root
+    - mode: '0644'
+{%- endif %}
