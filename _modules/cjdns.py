@@ -21,9 +21,11 @@ import ipaddress
 import os
 import re
 import secrets
+import socket
 import stat
+import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 try:
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -1162,8 +1164,6 @@ def locked(path: str, timeout: float = 60.0) -> Iterator[None]:
 
     The lock is an flock on the config's directory itself, so it leaves no file behind.
     """
-    import time
-
     directory = os.path.dirname(os.path.abspath(path))
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     deadline = time.monotonic() + timeout
@@ -1411,6 +1411,503 @@ def peers(path: str | None = None) -> dict:
 
 
 # --------------------------------------------------------------------------------------
+# The admin API client (bencoded UDP; vectors/admin transcripts of cjdroute v20.7)
+# --------------------------------------------------------------------------------------
+# cjdns v20.7 admin/Admin.h: requests over 512 bytes get "Request too big."; replies are built in a
+# 65536-byte buffer.
+ADMIN_MAX_REQUEST_BYTES = 512
+ADMIN_MAX_REPLY_BYTES = 65536
+# Admin.c authValid() snprintf()s password + cookie into a 64-byte buffer: only 63 bytes are hashed.
+ADMIN_HASHED_BYTES = 63
+# 63 minus a 10-digit cookie: longer passwords lose cookie digits, or all of them past 63 bytes.
+ADMIN_PASSWORD_MAX_BYTES = 53
+ADMIN_DEFAULT_MAX_PAGES = 1000
+BENCODE_MAX_DEPTH = 32
+# Digits allowed in one length prefix / integer (cjdns pads the first length with up to 7 zeros).
+_BENCODE_MAX_DIGITS = 32
+
+# Functions registered with needsAuth=false in cjdns v20.7 (plus "cookie", handled by Admin.c itself).
+ADMIN_NO_AUTH_FUNCTIONS = frozenset({
+    "cookie",
+    "ping",
+    "Admin_asyncEnabled",
+    "Admin_availableFunctions",
+    "Core_nodeInfo",
+    "Core_pid",
+    "InterfaceController_peerStats",
+    "NodeStore_dumpTable",
+    "NodeStore_getFullVerify",
+    "NodeStore_getLink",
+    "NodeStore_nodeForAddr",
+    "Sign_checkSig",
+    "SupernodeHunter_listSnodes",
+    "SupernodeHunter_status",
+})
+
+_PEER_ADDR_RE = re.compile(
+    r"v(?P<version>[0-9]+)\."
+    r"(?P<label>[0-9a-f]{4}\.[0-9a-f]{4}\.[0-9a-f]{4}\.[0-9a-f]{4})\."
+    r"(?P<key>[0-9b-df-hj-np-z]{52}\.k)"
+)
+
+
+class AdminError(CjdnsError):
+    """Base class of every admin API failure."""
+
+
+class AdminTimeout(AdminError):
+    """No reply from cjdroute within the timeout."""
+
+
+class AdminConnectionRefused(AdminTimeout):
+    """The kernel reported nothing listening at the admin address (ICMP port unreachable)."""
+
+
+class AdminAuthError(AdminError):
+    """cjdroute answered "Auth failed.", or the password cannot ever authenticate."""
+
+
+class AdminProtocolError(AdminError):
+    """Malformed, oversize or mismatched reply; a request that cannot be encoded or sent."""
+
+
+class AdminCallError(AdminError):
+    """cjdroute answered with an "error" other than "none"."""
+
+    def __init__(self, function: str, error: str, reply: Dict[str, Any]) -> None:
+        super().__init__("{}: {}".format(function, error))
+        self.function = function
+        self.error = error
+        self.reply = reply
+
+
+# --- bencode ------------------------------------------------------------------------------------
+
+def _bencode(obj: Any) -> bytes:
+    """Encode int/bool, bytes/str, list/tuple and dict (keys sorted as bytes), as cjdns sends."""
+    out: List[bytes] = []
+    _bencode_into(obj, out, "value", 0)
+    return b"".join(out)
+
+
+def _bencode_into(obj: Any, out: List[bytes], path: str, depth: int) -> None:
+    if depth > BENCODE_MAX_DEPTH:
+        raise AdminProtocolError("cannot bencode {}: nested deeper than {}".format(path, BENCODE_MAX_DEPTH))
+    if isinstance(obj, bool):
+        obj = int(obj)
+    if isinstance(obj, int):
+        out.append(b"i%de" % obj)
+    elif isinstance(obj, (bytes, bytearray, str)):
+        raw = _to_bytes(obj)
+        out.append(b"%d:" % len(raw))
+        out.append(raw)
+    elif isinstance(obj, (list, tuple)):
+        out.append(b"l")
+        for index, item in enumerate(obj):
+            _bencode_into(item, out, "{}[{}]".format(path, index), depth + 1)
+        out.append(b"e")
+    elif isinstance(obj, dict):
+        items: Dict[bytes, Any] = {}
+        for key, value in obj.items():
+            if not isinstance(key, (bytes, bytearray, str)):
+                raise AdminProtocolError("cannot bencode {}: key {!r} is not a string".format(path, key))
+            raw_key = _to_bytes(key)
+            if raw_key in items:
+                raise AdminProtocolError("cannot bencode {}: duplicate key {!r}".format(path, key))
+            items[raw_key] = value
+        out.append(b"d")
+        for raw_key in sorted(items):
+            out.append(b"%d:" % len(raw_key))
+            out.append(raw_key)
+            name = raw_key.decode("utf-8", "surrogateescape")
+            _bencode_into(items[raw_key], out, "{}.{}".format(path, name), depth + 1)
+        out.append(b"e")
+    else:
+        raise AdminProtocolError("cannot bencode {}: unsupported type {}".format(path, type(obj).__name__))
+
+
+def _to_bytes(value: Union[bytes, bytearray, str]) -> bytes:
+    if isinstance(value, str):
+        # surrogateescape: a str that _bdecode() made from non-UTF-8 key bytes encodes back unchanged.
+        return value.encode("utf-8", "surrogateescape")
+    return bytes(value)
+
+
+def _bdecode(data: bytes, max_depth: int = BENCODE_MAX_DEPTH) -> Any:
+    """Decode one bencoded value, tolerating what cjdroute sends.
+
+    Accepts zero-padded length prefixes (cjdns pads the first one: ``d000001:q4:ponge``), leading
+    zeros in integers, and unsorted dict keys. Dict keys come back as str (UTF-8, surrogateescape,
+    so they are lossless); string values come back as str when they are valid UTF-8 and as bytes
+    otherwise, so no value is silently altered and every str is safe to print or serialize.
+    Raises AdminProtocolError naming the problem and its byte offset.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise AdminProtocolError("bencode: expected bytes, got {}".format(type(data).__name__))
+    raw = bytes(data)
+    if not raw:
+        raise AdminProtocolError("bencode: empty input")
+    value, end = _bdecode_at(raw, 0, 0, max_depth)
+    if end != len(raw):
+        raise AdminProtocolError(
+            "bencode: trailing garbage at byte {} ({} bytes after the value)".format(end, len(raw) - end))
+    return value
+
+
+def _bdecode_at(data: bytes, pos: int, depth: int, max_depth: int) -> Tuple[Any, int]:
+    if pos >= len(data):
+        raise AdminProtocolError("bencode: truncated at byte {}: expected a value".format(pos))
+    lead = data[pos:pos + 1]
+    if lead == b"i":
+        return _bdecode_int(data, pos)
+    if lead.isdigit():
+        raw, end = _bdecode_bytes(data, pos)
+        return _text_value(raw), end
+    if lead in (b"l", b"d"):
+        if depth >= max_depth:
+            raise AdminProtocolError("bencode: nesting deeper than {} levels at byte {}".format(max_depth, pos))
+        if lead == b"l":
+            return _bdecode_list(data, pos, depth, max_depth)
+        return _bdecode_dict(data, pos, depth, max_depth)
+    raise AdminProtocolError("bencode: unexpected byte {!r} at byte {}".format(lead, pos))
+
+
+def _scan_digits(data: bytes, pos: int) -> int:
+    end = pos
+    while end < len(data) and 0x30 <= data[end] <= 0x39:
+        end += 1
+    return end
+
+
+def _bdecode_int(data: bytes, pos: int) -> Tuple[int, int]:
+    start = pos + 1
+    if data[start:start + 1] == b"-":
+        start += 1
+    end = _scan_digits(data, start)
+    if end >= len(data):
+        raise AdminProtocolError("bencode: truncated integer starting at byte {}".format(pos))
+    if end == start or data[end:end + 1] != b"e":
+        raise AdminProtocolError("bencode: bad integer at byte {}: unexpected {!r} at byte {}".format(
+            pos, data[end:end + 1], end))
+    if end - start > _BENCODE_MAX_DIGITS:
+        raise AdminProtocolError("bencode: bad integer at byte {}: more than {} digits".format(
+            pos, _BENCODE_MAX_DIGITS))
+    return int(data[pos + 1:end]), end + 1
+
+
+def _bdecode_bytes(data: bytes, pos: int) -> Tuple[bytes, int]:
+    colon = _scan_digits(data, pos)
+    if colon >= len(data):
+        raise AdminProtocolError("bencode: truncated string length starting at byte {}".format(pos))
+    if data[colon:colon + 1] != b":":
+        raise AdminProtocolError("bencode: bad string length at byte {}: expected ':' at byte {}, got {!r}".format(
+            pos, colon, data[colon:colon + 1]))
+    if colon - pos > _BENCODE_MAX_DIGITS:
+        raise AdminProtocolError("bencode: bad string length at byte {}: more than {} digits".format(
+            pos, _BENCODE_MAX_DIGITS))
+    length = int(data[pos:colon])
+    start = colon + 1
+    if start + length > len(data):
+        raise AdminProtocolError("bencode: truncated string at byte {}: length {} but only {} bytes left".format(
+            pos, length, len(data) - start))
+    return data[start:start + length], start + length
+
+
+def _bdecode_list(data: bytes, pos: int, depth: int, max_depth: int) -> Tuple[List[Any], int]:
+    items: List[Any] = []
+    cursor = pos + 1
+    while True:
+        if cursor >= len(data):
+            raise AdminProtocolError("bencode: truncated list starting at byte {}".format(pos))
+        if data[cursor:cursor + 1] == b"e":
+            return items, cursor + 1
+        item, cursor = _bdecode_at(data, cursor, depth + 1, max_depth)
+        items.append(item)
+
+
+def _bdecode_dict(data: bytes, pos: int, depth: int, max_depth: int) -> Tuple[Dict[str, Any], int]:
+    result: Dict[str, Any] = {}
+    cursor = pos + 1
+    while True:
+        if cursor >= len(data):
+            raise AdminProtocolError("bencode: truncated dict starting at byte {}".format(pos))
+        if data[cursor:cursor + 1] == b"e":
+            return result, cursor + 1
+        if not data[cursor:cursor + 1].isdigit():
+            raise AdminProtocolError("bencode: non-string dict key at byte {}".format(cursor))
+        raw_key, value_pos = _bdecode_bytes(data, cursor)
+        key = raw_key.decode("utf-8", "surrogateescape")
+        if key in result:
+            raise AdminProtocolError("bencode: duplicate dict key {!r} at byte {}".format(key, cursor))
+        result[key], cursor = _bdecode_at(data, value_pos, depth + 1, max_depth)
+
+
+def _text_value(raw: bytes) -> Union[str, bytes]:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
+
+
+# --- request building (pure) --------------------------------------------------------------------
+
+def _admin_password_hash(password: str, cookie: Union[str, int]) -> str:
+    """h1: sha256 hex of the first 63 bytes of password + cookie, exactly as cjdroute computes it."""
+    # The server hashes its own "%u" rendering of the cookie number, not the submitted text.
+    cookie_text = str(int(cookie)) if str(cookie).isdigit() else str(cookie)
+    material = (password.encode("utf-8") + cookie_text.encode("ascii"))[:ADMIN_HASHED_BYTES]
+    return hashlib.sha256(material).hexdigest()
+
+
+def _build_request(function: str,
+                  args: Optional[Dict[str, Any]],
+                  txid: Optional[str],
+                  cookie: Optional[Union[str, int]] = None,
+                  password: Optional[str] = None) -> bytes:
+    """The exact datagram for one call: plain, or authenticated when cookie and password are given.
+
+    args None leaves out "args" (an empty dict is sent as ``4:argsde``); txid None leaves out "txid".
+    """
+    if (cookie is None) != (password is None):
+        raise ValueError("build_request: cookie and password go together")
+    if cookie is None or password is None:
+        message: Dict[str, Any] = {"q": function}
+    else:
+        message = {"q": "auth", "aq": function, "cookie": cookie, "hash": _admin_password_hash(password, cookie)}
+    if args is not None:
+        message["args"] = args
+    if txid is not None:
+        message["txid"] = txid
+    encoded = _bencode(message)
+    if cookie is None:
+        return encoded
+    # The server overwrites the first occurrence of the submitted hash with h1 and hashes the whole
+    # datagram, so h1 must occur exactly once, in the "hash" field (always true unless args contain it).
+    first_hash = message["hash"].encode("ascii")
+    if encoded.count(first_hash) != 1:
+        raise AdminProtocolError("cannot sign {}: the password hash also occurs in args".format(function))
+    return encoded.replace(first_hash, hashlib.sha256(encoded).hexdigest().encode("ascii"))
+
+
+def _parse_peer_addr(addr: str) -> Tuple[int, str, str]:
+    """Split a peerStats "addr" (v20.0000.0000.0000.0013.<key>.k) into (version, label, public_key).
+
+    public_key keeps its ".k" suffix, as in cjdroute.conf.
+    """
+    match = _PEER_ADDR_RE.fullmatch(addr) if isinstance(addr, str) else None
+    if match is None:
+        raise AdminProtocolError(
+            "bad peer addr {!r}: expected v<version>.<xxxx.xxxx.xxxx.xxxx>.<52 base32>.k".format(addr))
+    return int(match.group("version")), match.group("label"), match.group("key")
+
+
+def _new_txid() -> str:
+    return os.urandom(8).hex()
+
+
+# --- UDP client ---------------------------------------------------------------------------------
+
+class AdminClient:
+    """cjdroute admin API over UDP. Each call() opens its own socket and never runs past `timeout`."""
+
+    def __init__(self,
+                 host: str,
+                 port: int,
+                 password: Optional[str],
+                 timeout: float = 2.0,
+                 refuse_long_password: bool = True,
+                 max_reply_bytes: int = ADMIN_MAX_REPLY_BYTES,
+                 max_request_bytes: int = ADMIN_MAX_REQUEST_BYTES) -> None:
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise AdminError("admin port must be 1..65535, got {!r}".format(port))
+        if not timeout > 0:
+            raise AdminError("admin timeout must be positive, got {!r}".format(timeout))
+        self.host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        self.port = port
+        self.timeout = float(timeout)
+        self.refuse_long_password = refuse_long_password
+        self.max_reply_bytes = max_reply_bytes
+        self.max_request_bytes = max_request_bytes
+        self._password = password
+
+    def __repr__(self) -> str:
+        # Never show the password.
+        return "AdminClient({!r}, {})".format(self.host, self.port)
+
+    @property
+    def address(self) -> str:
+        return "[{}]:{}".format(self.host, self.port) if ":" in self.host else "{}:{}".format(self.host, self.port)
+
+    def call(self, function: str, args: Optional[Dict[str, Any]] = None,
+             auth: Optional[bool] = None) -> Dict[str, Any]:
+        """Call one admin function and return its reply without "txid".
+
+        auth None: authenticate unless the function needs no auth or no password was given
+        (a router whose admin password is "NONE" treats every call as authenticated).
+        """
+        deadline = time.monotonic() + self.timeout
+        use_auth = self._wants_auth(function, auth)
+        password = self._usable_password() if use_auth else None
+        with self._open_socket() as sock:
+            txid = _new_txid()
+            if password is None:
+                request = _build_request(function, args, txid)
+            else:
+                cookie = self._fetch_cookie(sock, deadline)
+                request = _build_request(function, args, txid, cookie=cookie, password=password)
+            reply = self._exchange(sock, request, txid, deadline, function)
+        return _checked_reply(function, reply, self.address)
+
+    def call_paged(self, function: str, args: Optional[Dict[str, Any]] = None, list_key: str = "peers",
+                   auth: Optional[bool] = None, max_pages: int = ADMIN_DEFAULT_MAX_PAGES) -> List[Any]:
+        """Concatenate `list_key` over page 0, 1, ... until the reply stops saying there is more.
+
+        "more" is how peerStats, interfaces and availableFunctions page; AuthorizedPasswords_list
+        sends only "total", so a full page below "total" also continues.
+        """
+        items: List[Any] = []
+        for page in range(max_pages):
+            page_args = dict(args or {})
+            page_args["page"] = page
+            reply = self.call(function, page_args, auth=auth)
+            chunk = reply.get(list_key)
+            if not isinstance(chunk, list):
+                raise AdminProtocolError("{} page {}: reply has no list {!r}".format(function, page, list_key))
+            items.extend(chunk)
+            total = reply.get("total")
+            if reply.get("more") or (chunk and isinstance(total, int) and len(items) < total):
+                continue
+            return items
+        raise AdminProtocolError("{}: {} still reports more after {} pages; giving up".format(
+            function, self.address, max_pages))
+
+    def available_functions(self, max_pages: int = ADMIN_DEFAULT_MAX_PAGES) -> Dict[str, Any]:
+        """All functions with their argument specs, merged over Admin_availableFunctions pages."""
+        functions: Dict[str, Any] = {}
+        for page in range(max_pages):
+            reply = self.call("Admin_availableFunctions", {"page": page})
+            chunk = reply.get("availableFunctions")
+            if not isinstance(chunk, dict):
+                raise AdminProtocolError("Admin_availableFunctions page {}: no availableFunctions dict".format(page))
+            functions.update(chunk)
+            if not reply.get("more"):
+                return functions
+        raise AdminProtocolError("Admin_availableFunctions: {} still reports more after {} pages".format(
+            self.address, max_pages))
+
+    def _wants_auth(self, function: str, auth: Optional[bool]) -> bool:
+        if auth is None:
+            return function not in ADMIN_NO_AUTH_FUNCTIONS and self._password is not None
+        if auth and self._password is None:
+            raise AdminAuthError("{}: authentication requested but no admin password was given".format(function))
+        return auth
+
+    def _usable_password(self) -> str:
+        password = self._password
+        assert password is not None
+        raw = password.encode("utf-8")
+        if b"\0" in raw:
+            raise AdminAuthError("admin password contains a NUL byte; cjdroute can never match it")
+        if self.refuse_long_password and len(raw) > ADMIN_PASSWORD_MAX_BYTES:
+            raise AdminAuthError(
+                "admin password is {} bytes; cjdroute hashes only the first {} bytes of password+cookie, so "
+                "passwords over {} bytes are refused (use a shorter admin.password)".format(
+                    len(raw), ADMIN_HASHED_BYTES, ADMIN_PASSWORD_MAX_BYTES))
+        return password
+
+    def _open_socket(self) -> socket.socket:
+        try:
+            infos = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_DGRAM)
+        except OSError as exc:
+            raise AdminError("cannot resolve admin address {}: {}".format(self.address, exc)) from exc
+        family, kind, proto, _, sockaddr = infos[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            # connect(): the kernel drops datagrams from anyone but the router, and reports ICMP errors.
+            sock.connect(sockaddr)
+        except OSError as exc:
+            sock.close()
+            raise AdminError("cannot open UDP socket to {}: {}".format(self.address, exc)) from exc
+        return sock
+
+    def _fetch_cookie(self, sock: socket.socket, deadline: float) -> str:
+        txid = _new_txid()
+        reply = self._exchange(sock, _build_request("cookie", None, txid), txid, deadline, "cookie")
+        cookie = reply.get("cookie")
+        if isinstance(cookie, int) and not isinstance(cookie, bool):
+            cookie = str(cookie)
+        if not isinstance(cookie, str) or not cookie.isdigit():
+            raise AdminProtocolError("cookie reply from {} has no decimal cookie: {!r}".format(self.address, reply))
+        return cookie
+
+    def _exchange(self, sock: socket.socket, request: bytes, txid: str, deadline: float,
+                  function: str) -> Dict[str, Any]:
+        if len(request) > self.max_request_bytes:
+            raise AdminProtocolError("{}: request is {} bytes; cjdroute refuses requests over {} bytes".format(
+                function, len(request), self.max_request_bytes))
+        try:
+            sock.send(request)
+        except ConnectionRefusedError as exc:
+            raise self._refused(function) from exc
+        except OSError as exc:
+            raise AdminError("{}: cannot send to {}: {}".format(function, self.address, exc)) from exc
+        mismatched = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            sock.settimeout(remaining)
+            try:
+                data = sock.recv(self.max_reply_bytes + 1)
+            except socket.timeout:
+                break
+            except ConnectionRefusedError as exc:
+                raise self._refused(function) from exc
+            except OSError as exc:
+                raise AdminError("{}: cannot receive from {}: {}".format(function, self.address, exc)) from exc
+            reply = self._decode_reply(data, function)
+            if reply.get("txid") == txid:
+                return reply
+            if "txid" not in reply and reply.get("error") == "Request too big.":
+                raise AdminProtocolError("{}: {} answered 'Request too big.'".format(function, self.address))
+            mismatched += 1  # a stale reply to an earlier request: keep waiting for ours
+        if mismatched:
+            raise AdminProtocolError("{}: wrong txid: {} replies from {} within {:g} s, none for this request".format(
+                function, mismatched, self.address, self.timeout))
+        raise AdminTimeout("{}: no reply from {} within {:g} s (is cjdroute running, is admin.bind right?)".format(
+            function, self.address, self.timeout))
+
+    def _decode_reply(self, data: bytes, function: str) -> Dict[str, Any]:
+        if len(data) > self.max_reply_bytes:
+            raise AdminProtocolError("{}: reply from {} exceeds {} bytes".format(
+                function, self.address, self.max_reply_bytes))
+        try:
+            reply = _bdecode(data)
+        except AdminProtocolError as exc:
+            raise AdminProtocolError("{}: malformed reply from {}: {}".format(function, self.address, exc)) from exc
+        if not isinstance(reply, dict):
+            raise AdminProtocolError("{}: reply from {} is not a dict".format(function, self.address))
+        return reply
+
+    def _refused(self, function: str) -> AdminConnectionRefused:
+        return AdminConnectionRefused("{}: nothing listening at {} (connection refused)".format(
+            function, self.address))
+
+
+def _checked_reply(function: str, reply: Dict[str, Any], address: str) -> Dict[str, Any]:
+    reply = dict(reply)
+    reply.pop("txid", None)
+    error = reply.get("error")
+    if error is None or error == "none":
+        return reply
+    if error == "Auth failed.":
+        raise AdminAuthError("Auth failed. ({} at {}: wrong admin password, or clock trouble)".format(
+            function, address))
+    raise AdminCallError(function, str(error), reply)
+# --- end of admin API client ---------------------------------------------------------------------
+
+
+# --------------------------------------------------------------------------------------
 # The template's key beneath a bind mount (Qubes bind-dirs)
 # --------------------------------------------------------------------------------------
 
@@ -1540,3 +2037,165 @@ def credentials(user: str | None = None, path: str | None = None, endpoint: str 
     if user and not result:
         raise _command_error(f"{path}: no authorizedPasswords entry with user {user!r}")
     return result
+
+
+# --------------------------------------------------------------------------------------
+# Status of the running node (admin API), for people and for requisites
+# --------------------------------------------------------------------------------------
+
+ADMIN_TIMEOUT = 2.0
+
+
+def _admin_client(data: dict, path: str, timeout: float) -> "AdminClient":
+    """A client for the node's admin API, address and password taken from its config."""
+    bind = get_path(data, ("admin", "bind"))
+    if not isinstance(bind, str) or ":" not in bind:
+        raise _command_error(f"{path}: admin.bind is missing; cannot reach the admin API")
+    host, port = bind.rsplit(":", 1)
+    host = host.strip("[]")
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    password = get_path(data, ("admin", "password"))
+    return AdminClient(host, int(port), password if isinstance(password, str) else None, timeout=float(timeout))
+
+
+def _peer_view(raw: dict) -> dict:
+    version, label, key = _parse_peer_addr(str(raw.get("addr", "")))
+    try:
+        ip6 = address(key)
+    except KeyFormatError:
+        ip6 = None
+    return {
+        "public_key": key,
+        "ipv6": ip6,
+        "version": version,
+        "label": label,
+        "lladdr": raw.get("lladdr"),
+        "state": raw.get("state"),
+        "bytes_in": raw.get("bytesIn", 0),
+        "bytes_out": raw.get("bytesOut", 0),
+        "recv_kbps": raw.get("recvKbps", 0),
+        "send_kbps": raw.get("sendKbps", 0),
+        "lost_packets": raw.get("lostPackets", 0),
+        "duplicates": raw.get("duplicates", 0),
+        "received_out_of_range": raw.get("receivedOutOfRange", 0),
+        "incoming": bool(raw.get("isIncoming", 0)),
+        "user": raw.get("user"),
+        "last_ms": raw.get("last"),
+    }
+
+
+def _admin_error(error: Exception, path: str) -> Exception:
+    return _command_error(f"cjdroute admin API ({path}): {error}")
+
+
+def peer_stats(path: str | None = None, timeout: float = ADMIN_TIMEOUT) -> list:
+    """Every peer cjdroute knows, across all pages: what cjdns's peerStats prints, as data.
+
+    CLI Example::
+
+        salt-call cjdns.peer_stats
+    """
+    path = _config_path(path)
+    client = _admin_client(_load(path).data(), path, timeout)
+    try:
+        return [_peer_view(p) for p in client.call_paged("InterfaceController_peerStats")]
+    except AdminError as error:
+        raise _admin_error(error, path) from None
+
+
+def ping(path: str | None = None, timeout: float = ADMIN_TIMEOUT) -> dict:
+    """Ping cjdroute's admin API (authenticated, so the configured password is checked too).
+
+    CLI Example::
+
+        salt-call cjdns.ping
+    """
+    path = _config_path(path)
+    client = _admin_client(_load(path).data(), path, timeout)
+    started = time.monotonic()
+    try:
+        reply = client.call("ping", auth=client._password is not None)
+    except AdminError as error:
+        raise _admin_error(error, path) from None
+    return {"reply": reply.get("q"), "ms": round((time.monotonic() - started) * 1000, 2)}
+
+
+def _tun_addresses() -> dict:
+    """{interface: [ipv6, ...]} from /proc/net/if_inet6."""
+    found: dict = {}
+    try:
+        with open("/proc/net/if_inet6", encoding="ascii") as handle:
+            for line in handle:
+                fields = line.split()
+                if len(fields) >= 6:
+                    found.setdefault(fields[5], []).append(_format_ip6(bytes.fromhex(fields[0])))
+    except FileNotFoundError:
+        pass
+    return found
+
+
+def status(path: str | None = None, timeout: float = ADMIN_TIMEOUT) -> dict:
+    """The node at a glance: identity, peers configured and established, admin API, TUN address.
+
+    CLI Example::
+
+        salt-call cjdns.status
+    """
+    path = _config_path(path)
+    data = _load(path).data()
+    ident = identity_of(data["privateKey"]) if isinstance(data.get("privateKey"), str) else None
+    configured = configured_peers(data)
+    tun = get_path(data, ("router", "interface", "tunDevice"))
+    addresses = _tun_addresses()
+    up_on = sorted(dev for dev, ips in addresses.items() if ident and ident.ipv6 in ips)
+    result: dict = {
+        "path": path,
+        "public_key": ident.public_key if ident else None,
+        "ipv6": ident.ipv6 if ident else None,
+        "tun_device": tun,
+        "address_up": bool(up_on),
+        "address_on": up_on,
+        "peers_configured": len(configured),
+        "admin": {"reachable": False},
+        "peers": {},
+    }
+    try:
+        client = _admin_client(data, path, timeout)
+        info = client.call("Core_nodeInfo")
+        stats = [_peer_view(p) for p in client.call_paged("InterfaceController_peerStats")]
+    except AdminError as error:
+        result["admin"] = {"reachable": False, "error": str(error)}
+        return result
+    result["admin"] = {"reachable": True, "version": info.get("version"), "node_ipv6": info.get("myIp6")}
+    states: dict = {}
+    for peer in stats:
+        states[peer["state"]] = states.get(peer["state"], 0) + 1
+    result["peers"] = {"total": len(stats), "established": states.get("ESTABLISHED", 0), "by_state": states}
+    return result
+
+
+def health(path: str | None = None, min_established: int | None = None, timeout: float = ADMIN_TIMEOUT) -> dict:
+    """Healthy when the node's fc address is up, the admin API answers and at least
+    ``min_established`` peers are ESTABLISHED (default 1 when peers are configured, else 0).
+
+    Returns ``{"healthy", "problems", "status"}``.
+
+    CLI Example::
+
+        salt-call cjdns.health min_established=2
+    """
+    current = status(path, timeout)
+    wanted = min_established
+    if wanted is None:
+        wanted = 1 if current["peers_configured"] else 0
+    problems = []
+    if not current["address_up"]:
+        problems.append(f"the node's address {current['ipv6']} is not up on any interface (expected on {current['tun_device'] or 'the TUN device'})")
+    if not current["admin"]["reachable"]:
+        problems.append(f"the admin API does not answer: {current['admin'].get('error')}")
+    elif current["peers"]["established"] < int(wanted):
+        problems.append(f"{current['peers']['established']} peers ESTABLISHED, at least {wanted} wanted")
+    return {"healthy": not problems, "problems": problems, "status": current}

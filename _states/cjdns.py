@@ -387,7 +387,7 @@ def _check_settings(settings: dict) -> list[str]:
     return problems
 
 
-def config(name: str, settings: dict | None = None) -> dict:
+def config(name: str, settings: dict | None = None, secrets_pillar: str | None = None) -> dict:
     """Manage the settings of cjdroute.conf the formula owns; everything else stays as it is.
 
     settings (all optional)
@@ -396,8 +396,15 @@ def config(name: str, settings: dict | None = None) -> dict:
         ``dns_seeds`` (a list; empty removes ``router.dnsSeeds``); ``authorized_passwords``
         (``{user: {password?, ipv6?}}``: a password is generated in the node when none is
         given; see ``salt-call cjdns.credentials``).
+
+    secrets_pillar
+        A pillar key (e.g. ``cjdns:node``) to read ``admin_password`` and
+        ``authorized_passwords`` from, so they never become state arguments (Salt caches those).
     """
     settings = dict(settings or {})
+    if secrets_pillar:
+        for key, empty in (("admin_password", ""), ("authorized_passwords", {})):
+            settings.setdefault(key, __salt__["pillar.get"](f"{secrets_pillar}:{key}", empty))
 
     def body(ret: dict) -> dict:
         cj = _cj()
@@ -425,23 +432,27 @@ def config(name: str, settings: dict | None = None) -> dict:
 # --------------------------------------------------------------------------------------
 
 
-def peers(name: str, peers: dict | None = None, exclusive: bool = False) -> dict:
+def peers(name: str, peers: dict | None = None, pillar_key: str | None = None, exclusive: bool = False) -> dict:
     """Merge pillar peers into the UDPInterface of their address family.
 
     peers
         ``{"a.b.c.d:port" or "[v6]:port": {password, publicKey, login?, peerName?}}``, as in
         a ``connectTo`` block. All are validated first; one comment lists every problem.
 
+    pillar_key
+        Read the peers from this pillar key instead (e.g. ``cjdns:node:peers``), so their
+        passwords never become state arguments, which Salt keeps in its cache.
+
     exclusive
         With it, every peer not in pillar is removed, hand-added ones too. Without it
         (the default), hand-added peers stay, and only peers this formula added earlier
         are removed when pillar no longer lists them.
     """
-    wanted = peers or {}
+    wanted = peers if peers is not None else (__salt__["pillar.get"](pillar_key, {}) if pillar_key else {})
 
     def body(ret: dict) -> dict:
         cj = _cj()
-        valid = cj.validate_peers(wanted)
+        valid = cj.validate_peers(wanted or {})
         old = _read(name)
         if old is None:
             raise cj.ConfigError("no such file (cjdns.identity makes it)")
@@ -694,4 +705,255 @@ def _install_binary(ret: dict, name: str, url: str, sha256: str, proxy: str) -> 
         if os.path.exists(tmp):
             os.unlink(tmp)
     ret["comment"] = f"installed {url} (sha256 {sha256}) as {name}"
+    return ret
+
+
+# --------------------------------------------------------------------------------------
+# dom0: qube settings with a dry run that writes nothing
+#
+# Qubes' qvm.prefs state writes even under test=True, and qvm.features/qvm.service fail in
+# test mode for a qube that does not exist yet. This state calls the real qvm states in a
+# real run, and in test mode predicts their changes from read-only qvm calls instead.
+# --------------------------------------------------------------------------------------
+
+_CREATION_PREFS = ("label", "template")
+_NONE_ALIASES = ("netvm", "guivm", "audiovm", "default_dispvm", "management_dispvm")
+
+
+def _qvm_listing(status: Any) -> dict:
+    """Parse the "key : value" lines a read-only qvm.prefs call puts in its comment."""
+    text = getattr(status, "comment", None)
+    if text is None and isinstance(status, dict):
+        text = status.get("comment") or status.get("stdout", "")
+    values = {}
+    for line in str(text or "").splitlines():
+        if ": " in line:
+            key, value = line.split(": ", 1)
+            values[key.strip()] = value
+    return values
+
+
+def _qvm_flags(status: Any) -> dict:
+    """Parse "[ENABLED]  k" / "[DISABLED] k" / "[SET]  k: v" lines of qvm.features/qvm.service."""
+    text = getattr(status, "comment", None)
+    if text is None and isinstance(status, dict):
+        text = status.get("comment") or status.get("stdout", "")
+    flags: dict = {}
+    for line in str(text or "").splitlines():
+        line = line.strip()
+        if line.startswith("[ENABLED]"):
+            flags[line[len("[ENABLED]"):].strip()] = "1"
+        elif line.startswith("[DISABLED]"):
+            flags[line[len("[DISABLED]"):].strip()] = ""
+        elif line.startswith("[SET]") and ": " in line:
+            key, value = line[len("[SET]"):].strip().split(": ", 1)
+            flags[key] = value
+    return flags
+
+
+def _predict_prefs(name: str, prefs: dict, exists: bool, created_with: dict) -> dict:
+    current = {}
+    if exists and prefs:
+        current = _qvm_listing(__salt__["qvm.prefs"](name, get=list(prefs)))
+    changes = {}
+    for key, value in prefs.items():
+        dest = key.replace("-", "_")
+        new = None if dest in _NONE_ALIASES and value in ("", "none") else value
+        if exists:
+            old_text = current.get(dest, "*default*")
+        else:
+            old_text = str(created_with[key]) if key in created_with else "*default*"
+        if old_text == str(new) or (old_text == "None" and new is None):
+            continue
+        old: Any = old_text
+        if old_text not in ("*default*", "None") and isinstance(new, (bool, int)):
+            old = {"True": True, "False": False}.get(old_text, int(old_text) if old_text.lstrip("-").isdigit() else old_text)
+        changes[dest] = {"old": None if old_text == "None" else old, "new": new}
+    return {"qvm.create": changes} if changes else {}
+
+
+def _predict_flags(name: str, enable: list, exists: bool, service: bool) -> dict:
+    current = _qvm_flags(__salt__["qvm.service" if service else "qvm.features"](name)) if exists else {}
+    changes = {}
+    for key in enable:
+        old = current.get(key)
+        if old == "1":
+            continue
+        if service:
+            shown = {None: "Missing", "": "Disabled"}.get(old, old)
+            changes[key] = {"old": shown, "new": "Enabled"}
+        else:
+            changes[key] = {"old": old, "new": "1"}
+    label = "qvm.service" if service else "qvm.features"
+    return {label: changes} if changes else {}
+
+
+def qvm_settings(name: str, prefs: dict | None = None, features_enable: list | None = None,
+                 services_enable: list | None = None, created_with: dict | None = None) -> dict:
+    """Set a qube's prefs, enable features and Qubes services, with an honest dry run.
+
+    A real run calls Qubes' ``qvm.prefs``, ``qvm.features`` and ``qvm.service`` states;
+    ``changes`` has their changes under ``qvm.prefs``/``qvm.features``/``qvm.service`` as
+    ``qvm.vm`` reports them. Under test=True nothing is written: the changes are predicted
+    from read-only calls (for a qube about to be created, from ``created_with``, the
+    prefs ``qvm.present`` gives it, and Qubes' defaults for the rest).
+    """
+    ret = _ret(name)
+    prefs = dict(prefs or {})
+    features_enable = list(features_enable or [])
+    services_enable = list(services_enable or [])
+    exists = bool(__salt__["qvm.check"](name))
+    if not exists and created_with is None:
+        return _fail(ret, f"qube {name} does not exist")
+    if _test():
+        predicted = {
+            "qvm.prefs": _predict_prefs(name, prefs, exists, dict(created_with or {})),
+            "qvm.features": _predict_flags(name, features_enable, exists, service=False),
+            "qvm.service": _predict_flags(name, services_enable, exists, service=True),
+        }
+        ret["changes"] = {k: v for k, v in predicted.items() if v}
+        if ret["changes"]:
+            ret["result"] = None
+            ret["comment"] = f"would change {', '.join(sorted(ret['changes']))} of {name} (test mode: nothing written)"
+        else:
+            ret["comment"] = f"{name}: prefs, features and services are as wanted"
+        return ret
+    if not exists:
+        return _fail(ret, f"qube {name} does not exist")
+    comments = []
+    steps = []
+    if prefs:
+        steps.append(("qvm.prefs", lambda: __states__["qvm.prefs"](name, **prefs)))
+    if features_enable:
+        steps.append(("qvm.features", lambda: __states__["qvm.features"](name, enable=features_enable)))
+    if services_enable:
+        steps.append(("qvm.service", lambda: __states__["qvm.service"](name, enable=services_enable)))
+    for label, step in steps:
+        try:
+            result = step()
+        except Exception as error:  # qubesadmin errors escape the qvm states as exceptions
+            return _fail(ret, f"{label} on {name}: {type(error).__name__}: {error}")
+        result = result if isinstance(result, dict) else vars(result)
+        if result.get("changes"):
+            ret["changes"][label] = result["changes"]
+        if result.get("comment"):
+            comments.append(f"{label}: {result['comment']}".strip())
+        if result.get("result") is False:
+            ret["result"] = False
+            ret["comment"] = "\n".join(comments)
+            return ret
+    ret["comment"] = "\n".join(comments) or f"{name}: prefs, features and services are as wanted"
+    return ret
+
+
+# --------------------------------------------------------------------------------------
+# Pillar check: every SLS requires it, so a bad value stops the run before anything changes
+# --------------------------------------------------------------------------------------
+
+_FREE_FORM = {"node.peers", "node.authorized_passwords", "install.source.build_env"}
+_QUBE_NAME = r"[A-Za-z][A-Za-z0-9_.-]{0,30}"
+_LABELS = ("red", "orange", "yellow", "green", "gray", "blue", "purple", "black")
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "true/false", int: "an integer", str: "a string", list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
+
+
+def _shape_problems(value: Any, default: Any, where: str) -> list[str]:
+    import difflib
+
+    if default is None:
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            return [f"{where}: {value!r} must be an integer or null"]
+        return []
+    if isinstance(default, bool) != isinstance(value, bool) or not isinstance(value, type(default)):
+        return [f"{where}: {value!r} must be {_type_name(default)}"]
+    if not isinstance(default, dict) or where.split(".", 1)[-1] in _FREE_FORM:
+        return []
+    problems = []
+    for key, sub in value.items():
+        if key not in default:
+            close = difflib.get_close_matches(str(key), list(default), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else f" (known: {', '.join(default)})"
+            problems.append(f"{where}.{key}: unknown key{hint}")
+        else:
+            problems.extend(_shape_problems(sub, default[key], f"{where}.{key}"))
+    return problems
+
+
+def _value_problems(cfg: dict) -> list[str]:
+    import re
+
+    cj = _cj()
+    problems = []
+    q = cfg["qubes"]
+    for key in ("source_template", "template", "proxy", "proxy_netvm"):
+        if not re.fullmatch(_QUBE_NAME, str(q[key])) or str(q[key]).lower() in ("none", "dom0", "default"):
+            problems.append(f"cjdns.qubes.{key}: {q[key]!r} is not a valid qube name")
+    for client in q["clients"]:
+        if not isinstance(client, str) or not re.fullmatch(_QUBE_NAME, client) or client in ("dom0", q["proxy"], q["template"]):
+            problems.append(f"cjdns.qubes.clients: {client!r} is not a qube that can use {q['proxy']} as its netvm")
+    if q["template"] == q["proxy"]:
+        problems.append("cjdns.qubes.proxy: must differ from cjdns.qubes.template")
+    if q["proxy_netvm"] == q["proxy"]:
+        problems.append("cjdns.qubes.proxy_netvm: sys-cjdns cannot be its own netvm")
+    if q["proxy_label"] not in _LABELS:
+        problems.append(f"cjdns.qubes.proxy_label: {q['proxy_label']!r} is not a Qubes label ({', '.join(_LABELS)})")
+    if not 200 <= q["proxy_memory"] <= q["proxy_maxmem"]:
+        problems.append(f"cjdns.qubes.proxy_memory: {q['proxy_memory']} must be at least 200 and at most proxy_maxmem ({q['proxy_maxmem']})")
+    if not 1 <= q["proxy_vcpus"] <= 64:
+        problems.append(f"cjdns.qubes.proxy_vcpus: {q['proxy_vcpus']} must be 1-64")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,63}", q["service_flag"]):
+        problems.append(f"cjdns.qubes.service_flag: {q['service_flag']!r} is not a Qubes service name")
+    install = cfg["install"]
+    problems += [f"cjdns.{p}" for p in _check_install_args(
+        install["method"], install["source"]["rev"], install["source"]["repo"],
+        install["binary"]["url"], install["binary"]["sha256"])]
+    for key, path in cfg["paths"].items():
+        if not isinstance(path, str) or not path.startswith("/") or "\n" in path or "'" in path:
+            problems.append(f"cjdns.paths.{key}: {path!r} must be an absolute path")
+    node = cfg["node"]
+    problems += [f"cjdns.node.{p}" for p in _check_settings(node)]
+    if not 1 <= node["udp_port"] <= 65535:
+        problems.append(f"cjdns.node.udp_port: {node['udp_port']} is not a port number (1-65535)")
+    try:
+        cj.validate_peers(node["peers"], "cjdns.node.peers")
+    except cj.PeerError as error:
+        problems += error.problems
+    for key in node["compromised_keys"]:
+        try:
+            cj.parse_public_key(key)
+        except cj.KeyFormatError as error:
+            problems.append(f"cjdns.node.compromised_keys: {key!r}: {error}")
+    return problems
+
+
+def _merge(default: Any, value: Any) -> Any:
+    if isinstance(default, dict) and isinstance(value, dict):
+        return {**default, **{k: _merge(default.get(k), v) for k, v in value.items()}}
+    return value
+
+
+def pillar_valid(name: str = "cjdns", defaults: dict | None = None) -> dict:
+    """Check pillar ``name`` against the formula's defaults: unknown keys (with a did-you-mean),
+    types, qube names, labels, ports, install method, peers. Never changes anything.
+    In dom0 it also checks that sys-cjdns's netvm and the client qubes exist.
+    """
+    ret = _ret(name)
+    defaults = defaults or {}
+    pillar = __salt__["pillar.get"](name, {})
+    problems = _shape_problems(pillar, defaults, name)
+    if not problems:
+        try:
+            problems = _value_problems(_merge(defaults, pillar))
+        except (KeyError, TypeError) as error:
+            problems = [f"{name}: {error}"]
+    if not problems and "qvm.check" in __salt__ and __grains__.get("id") == "dom0":
+        cfg = _merge(defaults, pillar)["qubes"]
+        for qube, why in [(cfg["proxy_netvm"], "cjdns.qubes.proxy_netvm"), *[(c, "cjdns.qubes.clients") for c in cfg["clients"]]]:
+            if not __salt__["qvm.check"](qube):
+                problems.append(f"{why}: qube {qube!r} does not exist")
+    if problems:
+        return _fail(ret, "pillar " + name + " is not usable:\n" + "\n".join(f"- {p}" for p in problems))
+    ret["comment"] = f"pillar {name} is valid"
     return ret

@@ -11,6 +11,9 @@
 {%- if target != "node" %}
 {{ refuse(sls, "a plain minion without Qubes (in Qubes use cjdns.template and cjdns.proxy)", target) }}
 {%- else %}
+include:
+  - {{ tplroot }}.pillar
+
 {{ install_states(cjdns, "cjdns-node", "") }}
 
 cjdns-node-unit:
@@ -24,6 +27,8 @@ cjdns-node-unit:
     - user: root
     - group: root
     - mode: '0644'
+    - require:
+      - cjdns: cjdns-pillar-valid
 
 {{ identity_state(cjdns, "cjdns-node", false) }}
 
@@ -34,6 +39,7 @@ cjdns-node-running:
     - name: {{ cjdns.node.service }}
     - enable: true
     - require:
+      - cjdns: cjdns-pillar-valid
       - cjdns: cjdns-node-cjdroute-installed
     - watch:
       - file: cjdns-node-unit

@@ -10,6 +10,7 @@
 {{ refuse(sls, "the Qubes AppVM " ~ cjdns.qubes.proxy, target) }}
 {%- else %}
 include:
+  - {{ tplroot }}.pillar
   - .identity
 
 {{ config_states(cjdns, "cjdns-proxy") }}

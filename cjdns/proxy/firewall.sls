@@ -7,6 +7,9 @@
 {%- if target != "app" %}
 {{ refuse(sls, "the Qubes AppVM " ~ cjdns.qubes.proxy, target) }}
 {%- else %}
+include:
+  - {{ tplroot }}.pillar
+
 cjdns-proxy-firewall-rules:
   file.managed:
     - name: {{ cjdns.paths.firewall }}
@@ -18,10 +21,14 @@ cjdns-proxy-firewall-rules:
     - user: root
     - group: root
     - mode: '0755'
+    - require:
+      - cjdns: cjdns-pillar-valid
 
 cjdns-proxy-firewall-loaded:
   cmd.run:
     - name: {{ cjdns.paths.firewall }}
     - onchanges:
       - file: cjdns-proxy-firewall-rules
+    - require:
+      - cjdns: cjdns-pillar-valid
 {%- endif %}

@@ -9,5 +9,8 @@
 {%- if target != "app" %}
 {{ refuse(sls, "the Qubes AppVM " ~ cjdns.qubes.proxy, target) }}
 {%- else %}
+include:
+  - {{ tplroot }}.pillar
+
 {{ identity_state(cjdns, "cjdns-proxy", true) }}
 {%- endif %}

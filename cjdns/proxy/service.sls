@@ -7,6 +7,7 @@
 {{ refuse(sls, "the Qubes AppVM " ~ cjdns.qubes.proxy, target) }}
 {%- else %}
 include:
+  - {{ tplroot }}.pillar
   - .config
 
 cjdns-proxy-running:
@@ -16,4 +17,6 @@ cjdns-proxy-running:
       - cjdns: cjdns-proxy-identity
       - cjdns: cjdns-proxy-config
       - cjdns: cjdns-proxy-peers
+    - require:
+      - cjdns: cjdns-pillar-valid
 {%- endif %}

@@ -7,12 +7,17 @@
 {%- if target != "template" %}
 {{ refuse(sls, "the Qubes template (" ~ cjdns.qubes.template ~ ")", target) }}
 {%- else %}
+include:
+  - {{ tplroot }}.pillar
+
 cjdns-template-confdir:
   file.directory:
     - name: {{ cjdns.paths.confdir }}
     - user: root
     - group: root
     - mode: '0700'
+    - require:
+      - cjdns: cjdns-pillar-valid
 
 cjdns-template-bind-dirs:
   file.managed:
@@ -25,4 +30,6 @@ cjdns-template-bind-dirs:
     - user: root
     - group: root
     - mode: '0644'
+    - require:
+      - cjdns: cjdns-pillar-valid
 {%- endif %}

@@ -9,5 +9,8 @@
 {%- if target != "template" %}
 {{ refuse(sls, "the Qubes template (" ~ cjdns.qubes.template ~ ")", target) }}
 {%- else %}
+include:
+  - {{ tplroot }}.pillar
+
 {{ install_states(cjdns, "cjdns-template", cjdns.install.source.proxy) }}
 {%- endif %}

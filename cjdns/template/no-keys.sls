@@ -8,6 +8,9 @@
 {%- if target != "template" %}
 {{ refuse(sls, "the Qubes template (" ~ cjdns.qubes.template ~ ")", target) }}
 {%- else %}
+include:
+  - {{ tplroot }}.pillar
+
 cjdns-template-no-private-keys:
   cjdns.template_keys_absent:
     - name: {{ cjdns.paths.template_keys }}
@@ -15,4 +18,6 @@ cjdns-template-no-private-keys:
       - {{ cjdns.paths.manual_config }}
       - {{ cjdns.paths.config }}
     - confdir: {{ cjdns.paths.confdir }}
+    - require:
+      - cjdns: cjdns-pillar-valid
 {%- endif %}

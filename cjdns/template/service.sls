@@ -7,6 +7,9 @@
 {%- if target != "template" %}
 {{ refuse(sls, "the Qubes template (" ~ cjdns.qubes.template ~ ")", target) }}
 {%- else %}
+include:
+  - {{ tplroot }}.pillar
+
 cjdns-template-unit:
   file.managed:
     - name: {{ cjdns.paths.unit }}
@@ -18,10 +21,13 @@ cjdns-template-unit:
     - user: root
     - group: root
     - mode: '0644'
+    - require:
+      - cjdns: cjdns-pillar-valid
 
 cjdns-template-unit-enabled:
   service.enabled:
     - name: {{ cjdns.node.service }}
     - require:
+      - cjdns: cjdns-pillar-valid
       - file: cjdns-template-unit
 {%- endif %}

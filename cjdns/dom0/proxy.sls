@@ -1,0 +1,48 @@
+## cjdns.dom0.proxy: sys-cjdns, an AppVM of cjdns-gw that provides network, with the ipv6
+## feature (the manual's `qvm-features sys-cjdns ipv6 1`) and the Qubes service flag that lets
+## the cjdns unit start there and nowhere else.
+## Pillar: cjdns:qubes (proxy, proxy_label, proxy_netvm, proxy_memory, proxy_maxmem,
+## proxy_vcpus, proxy_autostart, proxy_include_in_backups, service_flag).
+## Execute: qubesctl state.apply cjdns.dom0.proxy
+{%- set tplroot = tpldir.split("/")[0] %}
+{%- from tplroot ~ "/map.jinja" import cjdns, target with context %}
+{%- from tplroot ~ "/libguard.jinja" import refuse %}
+{%- set q = cjdns.qubes %}
+{%- if target != "dom0" %}
+{{ refuse(sls, "dom0", target) }}
+{%- else %}
+include:
+  - {{ tplroot }}.pillar
+  - .template
+
+cjdns-dom0-proxy-present:
+  qvm.present:
+    - name: {{ q.proxy }}
+    - template: {{ q.template }}
+    - label: {{ q.proxy_label }}
+    - require:
+      - cjdns: cjdns-pillar-valid
+      - qvm: cjdns-dom0-template-cloned
+
+cjdns-dom0-proxy-settings:
+  cjdns.qvm_settings:
+    - name: {{ q.proxy }}
+    - created_with:
+        label: {{ q.proxy_label }}
+    - prefs:
+        label: {{ q.proxy_label }}
+        netvm: {{ q.proxy_netvm | json }}
+        provides-network: true
+        memory: {{ q.proxy_memory | int }}
+        maxmem: {{ q.proxy_maxmem | int }}
+        vcpus: {{ q.proxy_vcpus | int }}
+        autostart: {{ q.proxy_autostart | to_bool | json }}
+        include-in-backups: {{ q.proxy_include_in_backups | to_bool | json }}
+    - features_enable:
+      - ipv6
+    - services_enable:
+      - {{ q.service_flag }}
+    - require:
+      - cjdns: cjdns-pillar-valid
+      - qvm: cjdns-dom0-proxy-present
+{%- endif %}
