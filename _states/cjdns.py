@@ -957,3 +957,28 @@ def pillar_valid(name: str = "cjdns", defaults: dict | None = None) -> dict:
         return _fail(ret, "pillar " + name + " is not usable:\n" + "\n".join(f"- {p}" for p in problems))
     ret["comment"] = f"pillar {name} is valid"
     return ret
+
+
+# --------------------------------------------------------------------------------------
+# Health, usable as a requisite
+# --------------------------------------------------------------------------------------
+
+
+def healthy(name: str, min_established: int | None = None, timeout: float = 2.0) -> dict:
+    """Succeeds when the node at config ``name`` is healthy (``cjdns.health``): its fc address
+    is up, the admin API answers, at least ``min_established`` peers are ESTABLISHED.
+    Changes nothing; other states can ``require`` it.
+    """
+    ret = _ret(name)
+    try:
+        report = __salt__["cjdns.health"](name, min_established, timeout)
+    except Exception as error:  # CommandExecutionError from the module: config unreadable etc.
+        return _fail(ret, str(error))
+    status = report["status"]
+    if report["healthy"]:
+        ret["comment"] = (f"cjdns node {status['ipv6']} is healthy: address up on {', '.join(status['address_on'])}, "
+                          f"{status['peers'].get('established', 0)} peers established")
+        return ret
+    ret["comment"] = "cjdns node is not healthy: " + "; ".join(report["problems"])
+    ret["result"] = None if _test() else False
+    return ret
