@@ -772,24 +772,25 @@ def _predict_prefs(name: str, prefs: dict, exists: bool, created_with: dict) -> 
     return {"qvm.create": changes} if changes else {}
 
 
-def _predict_flags(name: str, enable: list, exists: bool, service: bool) -> dict:
+def _predict_flags(name: str, enable: list, exists: bool, service: bool, disable: list = ()) -> dict:
     current = _qvm_flags(__salt__["qvm.service" if service else "qvm.features"](name)) if exists else {}
     changes = {}
-    for key in enable:
+    for key, wanted in [*((k, "1") for k in enable), *((k, "") for k in disable)]:
         old = current.get(key)
-        if old == "1":
+        if old == wanted:
             continue
         if service:
-            shown = {None: "Missing", "": "Disabled"}.get(old, old)
-            changes[key] = {"old": shown, "new": "Enabled"}
+            shown = {None: "Missing", "": "Disabled", "1": "Enabled"}
+            changes[key] = {"old": shown.get(old, old), "new": shown[wanted]}
         else:
-            changes[key] = {"old": old, "new": "1"}
+            changes[key] = {"old": old, "new": wanted}
     label = "qvm.service" if service else "qvm.features"
     return {label: changes} if changes else {}
 
 
 def qvm_settings(name: str, prefs: dict | None = None, features_enable: list | None = None,
-                 services_enable: list | None = None, created_with: dict | None = None) -> dict:
+                 services_enable: list | None = None, services_disable: list | None = None,
+                 created_with: dict | None = None) -> dict:
     """Set a qube's prefs, enable features and Qubes services, with an honest dry run.
 
     A real run calls Qubes' ``qvm.prefs``, ``qvm.features`` and ``qvm.service`` states;
@@ -802,6 +803,7 @@ def qvm_settings(name: str, prefs: dict | None = None, features_enable: list | N
     prefs = dict(prefs or {})
     features_enable = list(features_enable or [])
     services_enable = list(services_enable or [])
+    services_disable = list(services_disable or [])
     exists = bool(__salt__["qvm.check"](name))
     if not exists and created_with is None:
         return _fail(ret, f"qube {name} does not exist")
@@ -809,7 +811,7 @@ def qvm_settings(name: str, prefs: dict | None = None, features_enable: list | N
         predicted = {
             "qvm.prefs": _predict_prefs(name, prefs, exists, dict(created_with or {})),
             "qvm.features": _predict_flags(name, features_enable, exists, service=False),
-            "qvm.service": _predict_flags(name, services_enable, exists, service=True),
+            "qvm.service": _predict_flags(name, services_enable, exists, service=True, disable=services_disable),
         }
         ret["changes"] = {k: v for k, v in predicted.items() if v}
         if ret["changes"]:
@@ -826,8 +828,10 @@ def qvm_settings(name: str, prefs: dict | None = None, features_enable: list | N
         steps.append(("qvm.prefs", lambda: __states__["qvm.prefs"](name, **prefs)))
     if features_enable:
         steps.append(("qvm.features", lambda: __states__["qvm.features"](name, enable=features_enable)))
-    if services_enable:
-        steps.append(("qvm.service", lambda: __states__["qvm.service"](name, enable=services_enable)))
+    if services_enable or services_disable:
+        steps.append(("qvm.service", lambda: __states__["qvm.service"](
+            name, **({"enable": services_enable} if services_enable else {}),
+            **({"disable": services_disable} if services_disable else {}))))
     for label, step in steps:
         try:
             result = step()

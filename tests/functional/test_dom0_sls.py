@@ -130,3 +130,24 @@ def test_template_and_proxy_sls_are_a_no_op_in_dom0(tmp_path):
         assert results and all(r["result"] is True and "not in dom0" in r["comment"] and not r["changes"]
                                for r in results)
     assert db_digest(db) == before
+
+
+def test_absent_disconnects_and_keeps_sys_cjdns_unless_wiping(tmp_path):
+    env, db = dom0_env(tmp_path)
+    assert env.call("state.apply", "cjdns.dom0").rc == 0
+    before = db_digest(db)
+    dry = env.call("state.apply", "cjdns.absent", "test=True")
+    assert dry.rc == 0 and db_digest(db) == before
+    real = env.call("state.apply", "cjdns.absent")
+    assert real.rc == 0, real.stdout
+    ours = {i for i, c in changed(dry.data).items()}
+    assert {i: c for i, c in changed(real.data).items() if i in ours} == changed(dry.data)
+    assert qubes_db.exists(db, "sys-cjdns")
+    assert qubes_db.services(db, "sys-cjdns").get("cjdns") in ("", None)
+    assert qubes_db.pref(db, "sys-cjdns", "autostart") is False
+    assert qubes_db.is_default(db, "personal", "netvm")
+    assert changed(env.call("state.apply", "cjdns.absent").data) == {}
+    wipe = json.dumps({"cjdns": {"wipe_identity": True, "qubes": {"clients": ["personal"]}}})
+    gone = env.call("state.apply", "cjdns.absent", f"pillar={wipe}")
+    assert gone.rc == 0, gone.stdout
+    assert not qubes_db.exists(db, "sys-cjdns") and not qubes_db.exists(db, "cjdns-gw")

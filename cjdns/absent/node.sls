@@ -1,0 +1,34 @@
+## cjdns.absent.node: cjdroute stopped, disabled and removed with its unit from a plain minion.
+## The config and key stay unless cjdns:wipe_identity.
+## Execute: salt '<minion>' state.apply cjdns.absent.node
+{%- set tplroot = tpldir.split("/")[0] %}
+{%- from tplroot ~ "/map.jinja" import cjdns, target with context %}
+{%- from tplroot ~ "/libguard.jinja" import refuse %}
+{%- if target != "node" %}
+{{ refuse(sls, "a plain minion without Qubes", target) }}
+{%- else %}
+include:
+  - {{ tplroot }}.pillar
+
+cjdns-absent-node-stopped:
+  service.dead:
+    - name: {{ cjdns.node.service }}
+    - enable: false
+    - require:
+      - cjdns: cjdns-pillar-valid
+
+cjdns-absent-node-files:
+  file.absent:
+    - names:
+      - {{ cjdns.paths.unit }}
+      - {{ cjdns.install.prefix }}/cjdroute
+{%- for tool in cjdns.install.tools %}
+      - {{ cjdns.install.prefix }}/{{ tool }}
+{%- endfor %}
+      - {{ cjdns.install.source.builddir }}
+{%- if cjdns.wipe_identity %}
+      - {{ cjdns.paths.confdir }}
+{%- endif %}
+    - require:
+      - service: cjdns-absent-node-stopped
+{%- endif %}

@@ -1,0 +1,31 @@
+## cjdns.absent.template: cjdroute, its unit, the bind-dirs entry and the build tree leave the
+## template. The empty config directory stays (qubes keep their own copy in /rw).
+## Execute: qubesctl --skip-dom0 --targets=cjdns-gw state.apply cjdns.absent.template
+{%- set tplroot = tpldir.split("/")[0] %}
+{%- from tplroot ~ "/map.jinja" import cjdns, target with context %}
+{%- from tplroot ~ "/libguard.jinja" import refuse %}
+{%- if target != "template" %}
+{{ refuse(sls, "the Qubes template (" ~ cjdns.qubes.template ~ ")", target) }}
+{%- else %}
+include:
+  - {{ tplroot }}.pillar
+
+cjdns-absent-template-unit-disabled:
+  service.disabled:
+    - name: {{ cjdns.node.service }}
+    - require:
+      - cjdns: cjdns-pillar-valid
+
+cjdns-absent-template-files:
+  file.absent:
+    - names:
+      - {{ cjdns.paths.unit }}
+      - {{ cjdns.paths.bind_dirs }}
+      - {{ cjdns.install.prefix }}/cjdroute
+{%- for tool in cjdns.install.tools %}
+      - {{ cjdns.install.prefix }}/{{ tool }}
+{%- endfor %}
+      - {{ cjdns.install.source.builddir }}
+    - require:
+      - service: cjdns-absent-template-unit-disabled
+{%- endif %}
