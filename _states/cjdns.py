@@ -84,6 +84,21 @@ def _read(name: str) -> str | None:
     return None
 
 
+def _text_or_preview(name: str, settings: dict | None = None) -> str:
+    """The config's text; in test mode, for a config cjdns.identity has yet to make, the text
+    it would write (so the prediction matches what the real run then reports)."""
+    cj = _cj()
+    old = _read(name)
+    if old is not None:
+        return old
+    if not _test():
+        raise cj.ConfigError("no such file (cjdns.identity makes it)")
+    settings = settings or {}
+    return cj.new_config(cj._keypair(), int(settings.get("udp_port") or 0),
+                         settings.get("admin_bind") or "127.0.0.1:11234", cj.random_password(40),
+                         settings.get("tun_device") or "tun0")
+
+
 def _finish(ret: dict, name: str, old: str | None, new: str, done: str, nothing: str) -> dict:
     """Test mode: predict; else write if the text changed."""
     if new == old:
@@ -411,9 +426,7 @@ def config(name: str, settings: dict | None = None, secrets_pillar: str | None =
         problems = _check_settings(settings)
         if problems:
             raise cj.ConfigError("; ".join(problems))
-        old = _read(name)
-        if old is None:
-            raise cj.ConfigError("no such file (cjdns.identity makes it)")
+        old = _text_or_preview(name, settings)
         doc = cj.parse(old)
         cj._require_strict(doc)
         record = _read_record(name)
@@ -453,9 +466,7 @@ def peers(name: str, peers: dict | None = None, pillar_key: str | None = None, e
     def body(ret: dict) -> dict:
         cj = _cj()
         valid = cj.validate_peers(wanted or {})
-        old = _read(name)
-        if old is None:
-            raise cj.ConfigError("no such file (cjdns.identity makes it)")
+        old = _text_or_preview(name)
         record = _read_record(name)
         prune = tuple(sorted(set(record.get("peers", [])) - set(valid)))
         plan = cj.merge_peers(old, valid, exclusive=bool(exclusive), prune=prune)

@@ -1,0 +1,323 @@
+#!/work/main/.venv/bin/python
+"""A stand-in for cjdroute (tests only): enough of it for the systemd unit and the formula.
+
+fake_cjdns_repo.py's `./do` installs this file as `cjdroute` with BUILT_FROM (the tag built) and
+EMULATION_DIR filled in, and the shebang set to the test venv's Python (it needs `cryptography`).
+
+  cjdroute --genconf           print a new config (JSON with comments, v22.3 layout, real key)
+  cjdroute --cleanconf < conf  print the config without comments (sorted keys)
+  cjdroute --nobg < conf       check the config, refuse a bad one, then run in the foreground:
+                               create the TUN device (if the config asks for one and the qube can)
+                               and answer the admin API on admin.bind
+  cjdroute --version           "Cjdns version: 22" and the tag it was built from
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import struct
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+BUILT_FROM = "source"
+EMULATION_DIR = ""
+PARSE_ERROR_EXIT = 101  # v22 panics ("Error reading conf from stdin: ...") on a malformed config
+ALPHABET = "0123456789bcdfghjklmnpqrstuvwxyz"
+
+
+# -- keys (cjdns rules, reference/cjdns.md §1) ------------------------------------------------
+# USES-MODULE: replace the key functions below with imports from _modules/cjdns.py.
+
+def _base32(data: bytes) -> str:
+    number = int.from_bytes(data, "little")
+    return "".join(ALPHABET[(number >> (5 * i)) & 31] for i in range((len(data) * 8 + 4) // 5))
+
+
+def _address(public: bytes) -> bytes:
+    return hashlib.sha512(hashlib.sha512(public).digest()).digest()[:16]
+
+
+def _ipv6_text(address: bytes) -> str:
+    return ":".join(address[i:i + 2].hex() for i in range(0, 16, 2))
+
+
+def public_key(private_hex: str) -> tuple[str, str]:
+    """(public key text, ipv6 text) of a 64-hex private key."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    public = X25519PrivateKey.from_private_bytes(bytes.fromhex(private_hex)).public_key()
+    raw = public.public_bytes_raw()
+    return _base32(raw) + ".k", _ipv6_text(_address(raw))
+
+
+def keypair() -> tuple[str, str, str]:
+    """A new (private hex, public key, ipv6) whose address is in fc00::/8."""
+    while True:
+        private = secrets.token_bytes(32).hex()
+        public, ipv6 = public_key(private)
+        if ipv6.startswith("fc"):
+            return private, public, ipv6
+
+
+# -- config -----------------------------------------------------------------------------------
+
+def genconf() -> str:
+    private, public, ipv6 = keypair()
+    password = "".join(secrets.choice(ALPHABET) for _ in range(31))
+    port = 1025 + secrets.randbelow(65535 - 1025 + 1)
+    return f"""{{
+    // Private key: your confidentiality and data integrity depend on this key, keep it secret!
+    "privateKey": "{private}",
+
+    // This key corresponds to the public key and ipv6 address:
+    "publicKey": "{public}",
+    "ipv6": "{ipv6}",
+
+    // Anyone connecting and offering these passwords on connection will be allowed.
+    "authorizedPasswords": [
+        {{ "password": "{password}", "user": "default-login" }}
+    ],
+
+    // Settings for administering and extracting information from your router.
+    "admin": {{
+        "bind": "127.0.0.1:11234",
+        "password": "NONE"
+    }},
+
+    // Interfaces to connect to the switch core.
+    "interfaces": {{
+        "UDPInterface": [
+            {{
+                "bind": "0.0.0.0:{port}",
+                "beacon": 2,
+                "beaconDevices": [ "all" ],
+                "beaconPort": 64512,
+                "connectTo": {{
+                }}
+            }},
+            {{
+                "bind": "[::]:{port}",
+                "connectTo": {{
+                }}
+            }}
+        ],
+        "_disabled_ETHInterface": [
+            {{ "bind": "all", "beacon": 2, "connectTo": {{ }} }}
+        ]
+    }},
+
+    // Configuration for the router.
+    "router": {{
+        "dnsSeeds": [ "seed.pns.cjdns.fr" ],
+        "publicPeer": {{ }},
+        "supernodes": [ ],
+        "interface": {{
+            "type": "TUNInterface"
+            // "tunDevice": "tun0"
+        }},
+        "ipTunnel": {{
+            "allowedConnections": [ ],
+            "outgoingConnections": [ ]
+        }}
+    }},
+
+    // Dropping permissions.
+    "security": [
+        {{ "setuser": "nobody", "keepNetAdmin": 1 }},
+        {{ "chroot": "/var/run/" }},
+        {{ "nofiles": 0 }},
+        {{ "noforks": 1 }},
+        {{ "setupComplete": 1 }}
+    ],
+
+    "logging": {{
+        // "logTo": "stdout"
+    }},
+    "noBackground": 0,
+    "pipe": "cjdroute.sock",
+    "version": 2
+}}
+"""
+
+
+def _strip_comments(text: str) -> str:
+    out, i, in_string = [], 0, False
+    while i < len(text):
+        char = text[i]
+        if in_string:
+            out.append(char)
+            if char == "\\":
+                out.append(text[i + 1:i + 2])
+                i += 1
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+            out.append(char)
+        elif text.startswith("//", i):
+            while i < len(text) and text[i] != "\n":
+                i += 1
+            continue
+        elif text.startswith("/*", i):
+            end = text.find("*/", i + 2)
+            skipped = text[i:len(text) if end < 0 else end + 2]
+            out.append("\n" * skipped.count("\n"))
+            i = len(text) if end < 0 else end + 2
+            continue
+        else:
+            out.append(char)
+        i += 1
+    return "".join(out)
+
+
+def parse_conf(text: str) -> dict[str, Any]:
+    """The config as a dict; ValueError("<reason> at line N") when cjdroute would refuse it."""
+    # USES-MODULE: replace with the module's strict cjdns-dialect parser.
+    try:
+        conf = json.loads(_strip_comments(text))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{exc.msg} at line {exc.lineno}") from exc
+    if not isinstance(conf, dict):
+        raise ValueError("config is not a dict at line 1")
+    return conf
+
+
+def check_conf(conf: dict[str, Any]) -> str | None:
+    """The error message of cjdroute's start-up checks, or None."""
+    private = conf.get("privateKey")
+    if not isinstance(private, str):
+        return "Need to specify privateKey."
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", private):
+        return "privateKey must be 64 bytes of hex."
+    admin = conf.get("admin")
+    if not isinstance(admin, dict) or not isinstance(admin.get("bind"), str):
+        return "Need to specify admin.bind."
+    return None
+
+
+# -- running ----------------------------------------------------------------------------------
+
+def _split_bind(bind: str) -> tuple[int, str, int]:
+    host, _, port = bind.rpartition(":")
+    if host.startswith("["):
+        return socket.AF_INET6, host[1:-1], int(port)
+    return socket.AF_INET, host, int(port)
+
+
+def already_running(bind: str) -> bool:
+    family, host, port = _split_bind(bind)
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.3)
+        try:
+            sock.sendto(b"d1:q4:pinge", (host, port))
+            sock.recvfrom(4096)
+        except OSError:
+            return False
+    return True
+
+
+def create_tun(conf: dict[str, Any]) -> str | None:
+    """Create and configure the TUN device as cjdroute does (fc address /8, MTU 1304)."""
+    interface = conf.get("router", {}).get("interface", {})
+    if interface.get("type") != "TUNInterface":
+        return None
+    name = interface.get("tunDevice", "tun%d")
+    try:
+        tun = os.open("/dev/net/tun", os.O_RDWR)
+        request = struct.pack("16sH", name.encode(), 0x0001 | 0x1000)  # IFF_TUN | IFF_NO_PI
+        name = fcntl.ioctl(tun, 0x400454CA, request)[:16].rstrip(b"\0").decode()  # TUNSETIFF
+    except OSError as exc:
+        print(f"Failed to create TUN device: {exc}", flush=True)
+        return None
+    _, ipv6 = public_key(conf["privateKey"])
+    for argv in (["ip", "link", "set", name, "mtu", "1304"],
+                 ["ip", "-6", "addr", "add", f"{ipv6}/8", "dev", name],
+                 ["ip", "link", "set", name, "up"]):
+        subprocess.run(argv, check=False)
+    os.set_inheritable(tun, False)
+    globals()["_TUN_FD"] = tun  # keep the device for the life of the process
+    return name
+
+
+def serve_admin(conf: dict[str, Any]) -> NoReturn:
+    """Serve the admin API with tests/emulation/admin_server.py if it exists, else ping only."""
+    emulation = Path(EMULATION_DIR) if EMULATION_DIR else Path(__file__).resolve().parent
+    server = emulation / "admin_server.py"
+    if server.exists():
+        spec = importlib.util.spec_from_file_location("admin_server", server)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["admin_server"] = module
+        spec.loader.exec_module(module)
+        kwargs = module.server_kwargs_from_conf(conf)
+        # The identity comes from privateKey; "publicKey"/"ipv6" in a config are only comments.
+        kwargs["public_key"], kwargs["ipv6"] = public_key(conf["privateKey"])
+        module.AdminServer(**kwargs).start()
+        while True:
+            signal.pause()  # SIGTERM ends the process (handler set in run())
+    family, host, port = _split_bind(conf["admin"]["bind"])
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.bind((host, port))
+        while True:
+            data, peer = sock.recvfrom(4096)
+            if b"1:q4:ping" in data:
+                sock.sendto(b"d1:q4:ponge", peer)
+
+
+def run(text: str) -> int:
+    try:
+        conf = parse_conf(text)
+    except ValueError as exc:
+        print(f"Error reading conf from stdin: {exc}", file=sys.stderr, flush=True)
+        return PARSE_ERROR_EXIT
+    error = check_conf(conf)
+    if error:
+        print(error, file=sys.stderr, flush=True)
+        return 1
+    if already_running(conf["admin"]["bind"]):
+        print("cjdroute is already running", file=sys.stderr, flush=True)
+        return 1
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    _, ipv6 = public_key(conf["privateKey"])
+    print(f"Cjdns version 22 (fake, built from {BUILT_FROM}) starting, address {ipv6}",
+          flush=True)
+    tun = create_tun(conf)
+    if tun:
+        print(f"Initialized TUN device {tun}", flush=True)
+    serve_admin(conf)
+
+
+def main(argv: list[str]) -> int:
+    if "--genconf" in argv:
+        sys.stdout.write(genconf())
+        return 0
+    if "--version" in argv:
+        print(f"Cjdns version: 22\nBuilt from: {BUILT_FROM}")
+        return 0
+    if "--cleanconf" in argv:
+        try:
+            conf = parse_conf(sys.stdin.read())
+        except ValueError as exc:
+            print(f"Error reading conf from stdin: {exc}", file=sys.stderr)
+            return PARSE_ERROR_EXIT
+        print(json.dumps(conf, indent=2, sort_keys=True))
+        return 0
+    if "--nobg" in argv or (not argv and not sys.stdin.isatty()):
+        return run(sys.stdin.read())
+    print("Usage: cjdroute --help | --genconf | --cleanconf < conf | --nobg < conf",
+          file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
