@@ -77,34 +77,33 @@ def _guarded(name: str, body: Callable[[dict], dict]) -> dict:
 
 
 def _read(name: str) -> str | None:
+    """The config's text, or None. In test mode, the text an earlier state of this run would
+    have written (so a dry run of identity -> config -> peers predicts what a real run does)."""
     cj = _cj()
+    if _test():
+        preview = __context__.get("cjdns.preview", {}).get(os.path.abspath(name))
+        if preview is not None:
+            return preview
     if os.path.lexists(name):
         cj._refuse_special(name)
         return cj.read_text(name)
     return None
 
 
-def _text_or_preview(name: str, settings: dict | None = None) -> str:
-    """The config's text; in test mode, for a config cjdns.identity has yet to make, the text
-    it would write (so the prediction matches what the real run then reports)."""
-    cj = _cj()
+def _existing(name: str) -> str:
     old = _read(name)
-    if old is not None:
-        return old
-    if not _test():
-        raise cj.ConfigError("no such file (cjdns.identity makes it)")
-    settings = settings or {}
-    return cj.new_config(cj._keypair(), int(settings.get("udp_port") or 0),
-                         settings.get("admin_bind") or "127.0.0.1:11234", cj.random_password(40),
-                         settings.get("tun_device") or "tun0")
+    if old is None:
+        raise _cj().ConfigError("no such file (cjdns.identity makes it)")
+    return old
 
 
 def _finish(ret: dict, name: str, old: str | None, new: str, done: str, nothing: str) -> dict:
-    """Test mode: predict; else write if the text changed."""
+    """Test mode: predict (and remember the text for the next states); else write if changed."""
     if new == old:
         ret["comment"] = nothing
         return ret
     if _test():
+        __context__.setdefault("cjdns.preview", {})[os.path.abspath(name)] = new
         ret["result"] = None
         ret["comment"] = f"{done} (test mode: not written)"
         return ret
@@ -118,21 +117,21 @@ def _finish(ret: dict, name: str, old: str | None, new: str, done: str, nothing:
 # --------------------------------------------------------------------------------------
 
 
-def _shared_reason(cj: Any, name: str, private_key: str, public: str, compromised: set,
-                   template_keys: str | None, check_beneath: bool) -> str | None:
+def _shared_reason(cj: Any, private_key: str, public: str, compromised: set,
+                   template_keys: str | None, beneath: list) -> str | None:
     if public in compromised:
         return "its public key is listed in pillar as compromised"
     if template_keys and public in cj.read_public_keys(template_keys):
         return f"it is the template's key (listed in {template_keys})"
-    if check_beneath:
-        beneath = cj.file_beneath_mount(name)
-        if beneath is not None and cj.private_key_in(beneath) == private_key.lower():
-            return "it is the same key as the template's copy beneath the bind mount"
+    for path in beneath:
+        text = cj.file_beneath_mount(path)
+        if text is not None and cj.private_key_in(text) == private_key.lower():
+            return f"it is the template's key (the template's {path}, beneath the bind mount, holds it)"
     return None
 
 
 def identity(name: str, compromised_keys: list | None = None, template_keys: str | None = None,
-             check_beneath: bool = True, udp_port: int = 0, admin_bind: str = "127.0.0.1:11234",
+             check_beneath: bool = True, beneath_paths: list | None = None, udp_port: int = 0, admin_bind: str = "127.0.0.1:11234",
              tun_device: str = "tun0") -> dict:
     """Keep a private key whose public key and address are the node's name.
 
@@ -148,7 +147,8 @@ def identity(name: str, compromised_keys: list | None = None, template_keys: str
         A file listing the template's retired public keys (written by ``cjdns.template_keys_absent``).
 
     check_beneath
-        Compare with the copy the template has beneath the bind mount (Qubes bind-dirs).
+        Compare with the copy the template has beneath the bind mount (Qubes bind-dirs), at
+        ``name`` and at ``beneath_paths`` (e.g. the manual's /etc/cjdroute.conf).
 
     A key is never replaced for any other reason; a deliberate new identity is
     ``salt-call cjdns.regenerate_identity``.
@@ -183,8 +183,8 @@ def identity(name: str, compromised_keys: list | None = None, template_keys: str
                     f"privateKey: {error}; not replacing it silently, fix it or run "
                     "`salt-call cjdns.regenerate_identity` for a new identity"
                 ) from None
-            replace_reason = _shared_reason(cj, name, private, before.public_key, compromised,
-                                            template_keys, check_beneath)
+            beneath = [name, *(beneath_paths or [])] if check_beneath else []
+            replace_reason = _shared_reason(cj, private, before.public_key, compromised, template_keys, beneath)
         if replace_reason:
             ident = cj._keypair()
         else:
@@ -426,7 +426,7 @@ def config(name: str, settings: dict | None = None, secrets_pillar: str | None =
         problems = _check_settings(settings)
         if problems:
             raise cj.ConfigError("; ".join(problems))
-        old = _text_or_preview(name, settings)
+        old = _existing(name)
         doc = cj.parse(old)
         cj._require_strict(doc)
         record = _read_record(name)
@@ -466,7 +466,7 @@ def peers(name: str, peers: dict | None = None, pillar_key: str | None = None, e
     def body(ret: dict) -> dict:
         cj = _cj()
         valid = cj.validate_peers(wanted or {})
-        old = _text_or_preview(name)
+        old = _existing(name)
         record = _read_record(name)
         prune = tuple(sorted(set(record.get("peers", [])) - set(valid)))
         plan = cj.merge_peers(old, valid, exclusive=bool(exclusive), prune=prune)
@@ -996,4 +996,125 @@ def healthy(name: str, min_established: int | None = None, timeout: float = 2.0)
         return ret
     ret["comment"] = "cjdns node is not healthy: " + "; ".join(report["problems"])
     ret["result"] = None if _test() else False
+    return ret
+
+
+# --------------------------------------------------------------------------------------
+# Coming from the Qubes manual: bind the config directory now, adopt the old file, retire
+# the single-file bind
+# --------------------------------------------------------------------------------------
+
+
+def _mounted(path: str) -> bool:
+    cj = _cj()
+    return os.path.abspath(path) in cj._mount_points()
+
+
+def bound(name: str, rw_root: str = "/rw/bind-dirs") -> dict:
+    """The directory ``name`` is bind-mounted from its persistent copy under ``rw_root`` now,
+    as Qubes' bind-dirs does at boot, so what the formula writes survives a reboot even when
+    the template's bind-dirs entry is newer than the running qube.
+    """
+    ret = _ret(name)
+    rw = os.path.join(rw_root, name.lstrip("/"))
+    if _mounted(name):
+        ret["comment"] = f"{name} is bind-mounted (persistent in {rw})"
+        return ret
+    if not os.path.isdir(os.path.dirname(rw_root.rstrip("/"))):
+        return _fail(ret, f"{os.path.dirname(rw_root.rstrip('/'))} does not exist: this is not a Qubes AppVM with a private volume")
+    ret["changes"] = {"bind": {"old": None, "new": rw}}
+    if _test():
+        ret.update(result=None, comment=f"would bind-mount {rw} on {name} (as bind-dirs does at boot)")
+        return ret
+    try:
+        if not os.path.isdir(rw):
+            os.makedirs(os.path.dirname(rw), mode=0o755, exist_ok=True)
+            os.makedirs(rw, mode=0o700)
+            if os.path.isdir(name):
+                subprocess.run(["cp", "-a", "--", f"{name}/.", rw], check=True, capture_output=True)
+        os.makedirs(name, mode=0o700, exist_ok=True)
+        subprocess.run(["mount", "--bind", "--", rw, name], check=True, capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError) as error:
+        detail = getattr(error, "stderr", "") or str(error)
+        return _fail(ret, f"could not bind-mount {rw} on {name}: {detail.strip()}")
+    ret["comment"] = f"bind-mounted {rw} on {name} (as bind-dirs does at boot)"
+    return ret
+
+
+def adopted(name: str, sources: list | None = None, backup: str | None = None) -> dict:
+    """Adopt a config made by hand (the Qubes manual's /rw/bind-dirs/etc/cjdroute.conf) as
+    ``name``: the same bytes, a 0600 backup at ``backup``, and the old file removed so no
+    other copy of the private key is left. Nothing happens when ``name`` already exists.
+    """
+    cj = _cj()
+    ret = _ret(name)
+    source = next((p for p in (sources or []) if os.path.isfile(p)), None)
+    if os.path.lexists(name) or source is None:
+        ret["comment"] = "nothing to adopt" if source is None else f"{name} exists; {source} left alone"
+        return ret
+    try:
+        text = cj.read_text(source)
+        cj.parse(text)
+    except cj.ConfigSyntaxError as error:
+        return _fail(ret, f"{source}:{error.line}:{error.column}: {error.reason} (fix it, then re-apply to adopt it)")
+    except (cj.CjdnsError, OSError) as error:
+        return _fail(ret, f"{source}: {error}")
+    backup = backup or f"{name}.manual-backup"
+    others = [p for p in (sources or []) if os.path.isfile(p) and not os.path.samefile(p, source)]
+    ret["changes"] = {"adopted": {"old": source, "new": name}, "backup": backup, "removed": [source, *others]}
+    if _test():
+        __context__.setdefault("cjdns.preview", {})[os.path.abspath(name)] = text
+        ret.update(result=None, comment=f"would adopt {source} as {name} (backup {backup}) and remove {source}")
+        return ret
+    try:
+        os.makedirs(os.path.dirname(name), mode=0o700, exist_ok=True)
+        data = text.encode("utf-8", "surrogateescape")
+        cj.atomic_write(backup, data, 0o600)
+        cj.atomic_write(name, data, 0o600)
+        for path in [source, *others]:
+            os.unlink(path)
+    except OSError as error:
+        return _fail(ret, f"adopting {source}: {error}")
+    ret["comment"] = f"adopted {source} as {name}, kept a 0600 backup in {backup}, removed {source}"
+    return ret
+
+
+def bind_entry_absent(name: str, path: str) -> dict:
+    """No bind-dirs file under ``name`` (a file, or a directory of *.conf) binds ``path``.
+    A file that binds only ``path`` is removed; otherwise just that entry's line goes.
+    """
+    import re
+
+    ret = _ret(name)
+    files = [name] if os.path.isfile(name) else sorted(
+        os.path.join(name, f) for f in (os.listdir(name) if os.path.isdir(name) else []) if f.endswith(".conf"))
+    entry = re.compile(r"""^\s*binds\+=\(\s*['"]?""" + re.escape(path) + r"""['"]?\s*\)\s*$""")
+    plan: dict = {}
+    for conf in files:
+        with open(conf, encoding="utf-8") as handle:
+            lines = handle.read().splitlines(keepends=True)
+        kept = [line for line in lines if not entry.match(line)]
+        if len(kept) == len(lines):
+            continue
+        meaningful = [line for line in kept if line.strip() and not line.lstrip().startswith("#")]
+        plan[conf] = None if not meaningful else "".join(kept)
+    if not plan:
+        ret["comment"] = f"no bind-dirs entry for {path}"
+        return ret
+    ret["changes"] = {"removed": sorted(c for c, t in plan.items() if t is None),
+                      "edited": sorted(c for c, t in plan.items() if t is not None)}
+    ret["changes"] = {k: v for k, v in ret["changes"].items() if v}
+    what = f"the single-file bind-dirs entry for {path} (a file bound alone cannot be replaced safely; the formula binds its directory)"
+    if _test():
+        ret.update(result=None, comment=f"would retire {what}")
+        return ret
+    try:
+        for conf, text in plan.items():
+            if text is None:
+                os.unlink(conf)
+            else:
+                _cj().atomic_write(conf, text.encode(), 0o644)
+    except OSError as error:
+        return _fail(ret, f"retiring the bind-dirs entry for {path}: {error}")
+    ret["comment"] = f"retired {what}: {', '.join(sorted(plan))}"
     return ret

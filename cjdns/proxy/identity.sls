@@ -1,4 +1,6 @@
-## cjdns.proxy.identity: sys-cjdns's own key pair. Made on the first apply; kept on every
+## cjdns.proxy.identity: sys-cjdns's own key pair, in its config directory kept in /rw
+## (bind-mounted now if the running qube predates the template's bind-dirs entry). A config
+## made by hand from the Qubes manual is adopted first. Made on the first apply; kept on every
 ## later one (the address is the node's name); replaced only when it is the template's key
 ## or listed in pillar cjdns:node:compromised_keys.
 ## Execute: qubesctl --skip-dom0 --targets=sys-cjdns state.apply cjdns.proxy.identity
@@ -12,5 +14,29 @@
 include:
   - {{ tplroot }}.pillar
 
-{{ identity_state(cjdns, "cjdns-proxy", true) }}
+cjdns-proxy-confdir-bound:
+  cjdns.bound:
+    - name: {{ cjdns.paths.confdir }}
+    - rw_root: {{ cjdns.paths.rw_bind_dirs }}
+    - require:
+      - cjdns: cjdns-pillar-valid
+
+cjdns-proxy-manual-config-adopted:
+  cjdns.adopted:
+    - name: {{ cjdns.paths.config }}
+    - sources:
+      - {{ cjdns.paths.rw_bind_dirs }}{{ cjdns.paths.manual_config }}
+      - {{ cjdns.paths.manual_config }}
+    - backup: {{ cjdns.paths.config }}.manual-backup
+    - require:
+      - cjdns: cjdns-proxy-confdir-bound
+
+cjdns-proxy-manual-bind-retired:
+  cjdns.bind_entry_absent:
+    - name: {{ cjdns.paths.qube_bind_dirs_dir }}
+    - path: {{ cjdns.paths.manual_config }}
+    - require:
+      - cjdns: cjdns-pillar-valid
+
+{{ identity_state(cjdns, "cjdns-proxy", true, [cjdns.paths.manual_config], "cjdns-proxy-manual-config-adopted") }}
 {%- endif %}

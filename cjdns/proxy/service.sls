@@ -10,10 +10,27 @@ include:
   - {{ tplroot }}.pillar
   - .config
 
+# The template installs this unit; a sys-cjdns that was running while the template changed
+# still has the old root, so the same unit is put in place here too (volatile, identical).
+cjdns-proxy-unit:
+  file.managed:
+    - name: {{ cjdns.paths.unit }}
+    - source: salt://{{ tplroot }}/files/cjdns.service.jinja
+    - template: jinja
+    - context:
+        cjdns: {{ cjdns | json }}
+        qubes: true
+    - user: root
+    - group: root
+    - mode: '0644'
+    - require:
+      - cjdns: cjdns-pillar-valid
+
 cjdns-proxy-running:
   service.running:
     - name: {{ cjdns.node.service }}
     - watch:
+      - file: cjdns-proxy-unit
       - cjdns: cjdns-proxy-identity
       - cjdns: cjdns-proxy-config
       - cjdns: cjdns-proxy-peers

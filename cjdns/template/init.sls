@@ -4,6 +4,7 @@
 ## Execute: qubesctl --skip-dom0 --targets=cjdns-gw state.apply cjdns.template
 include:
   - .install
+  - .manual
   - .no-keys
   - .service
   - .bind-dirs

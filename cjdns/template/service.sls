@@ -9,6 +9,7 @@
 {%- else %}
 include:
   - {{ tplroot }}.pillar
+  - .manual
 
 cjdns-template-unit:
   file.managed:
@@ -22,6 +23,7 @@ cjdns-template-unit:
     - group: root
     - mode: '0644'
     - require:
+      - sls: {{ tplroot }}.template.manual
       - cjdns: cjdns-pillar-valid
 
 cjdns-template-unit-enabled:

@@ -544,9 +544,18 @@ def apply_sandbox(unit: Unit) -> None:
         for path in ("/home", "/root", "/run/user"):
             _read_only(path)
     if private_tmp:
+        # The test harness itself (this checkout and its venv, which the fake cjdroute runs
+        # on) may live under /tmp; it stands for the host's software, so it stays visible.
+        harness = {str(Path(__file__).resolve().parents[2]), sys.prefix}
+        kept = [(p, os.open(p, os.O_PATH)) for p in sorted(harness)
+                if p.startswith(("/tmp/", "/var/tmp/")) and os.path.isdir(p)]
         for path in ("/tmp", "/var/tmp"):
             if os.path.isdir(path):
                 _mount("-t", "tmpfs", "-o", "mode=1777", "tmpfs", path)
+        for path, fd in kept:
+            os.makedirs(path, exist_ok=True)
+            _mount("--no-canonicalize", "--bind", f"/proc/{os.getpid()}/fd/{fd}", path)
+            os.close(fd)
 
 
 # ---------------------------------------------------------------- the supervisor
