@@ -14,6 +14,7 @@ leaves every file as it was. ``changes`` never holds a private key or a password
         - name: /etc/cjdns/cjdroute.conf
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -123,6 +124,9 @@ def _shared_reason(cj: Any, private_key: str, public: str, compromised: set,
         return "its public key is listed in pillar as compromised"
     if template_keys and public in cj.read_public_keys(template_keys):
         return f"it is the template's key (listed in {template_keys})"
+    adopted_from = __context__.get("cjdns.template_public_keys", {}).get(public)
+    if adopted_from:
+        return f"it is the template's key (the template's {adopted_from}, beneath the manual's bind, holds it)"
     for path in beneath:
         text = cj.file_beneath_mount(path)
         if text is not None and cj.private_key_in(text) == private_key.lower():
@@ -1060,8 +1064,16 @@ def adopted(name: str, sources: list | None = None, backup: str | None = None) -
     except (cj.CjdnsError, OSError) as error:
         return _fail(ret, f"{source}: {error}")
     backup = backup or f"{name}.manual-backup"
-    others = [p for p in (sources or []) if os.path.isfile(p) and not os.path.samefile(p, source)]
-    ret["changes"] = {"adopted": {"old": source, "new": name}, "backup": backup, "removed": [source, *others]}
+    legacy = [p for p in (sources or []) if p != source and (os.path.lexists(p) or _mounted(p))]
+    # Remember the template's key found beneath the manual's single-file bind before that bind
+    # goes: cjdns.identity must still recognise it later in this run.
+    for path in legacy:
+        private = cj.private_key_in(cj.file_beneath_mount(path) or "") if _mounted(path) else None
+        if private:
+            with contextlib.suppress(cj.KeyFormatError):
+                found = __context__.setdefault("cjdns.template_public_keys", {})
+                found[cj.public_key(private)] = path
+    ret["changes"] = {"adopted": {"old": source, "new": name}, "backup": backup, "removed": [source, *legacy]}
     if _test():
         __context__.setdefault("cjdns.preview", {})[os.path.abspath(name)] = text
         ret.update(result=None, comment=f"would adopt {source} as {name} (backup {backup}) and remove {source}")
@@ -1071,11 +1083,17 @@ def adopted(name: str, sources: list | None = None, backup: str | None = None) -
         data = text.encode("utf-8", "surrogateescape")
         cj.atomic_write(backup, data, 0o600)
         cj.atomic_write(name, data, 0o600)
-        for path in [source, *others]:
-            os.unlink(path)
-    except OSError as error:
+        os.unlink(source)
+        for path in legacy:
+            # The manual's single-file bind: unmount it (the file under it, in this qube's
+            # volatile root, is the template's old copy) and remove what is left.
+            while _mounted(path):
+                subprocess.run(["umount", "--lazy", "--", path], check=True, capture_output=True)
+            if os.path.lexists(path):
+                os.unlink(path)
+    except (OSError, subprocess.CalledProcessError) as error:
         return _fail(ret, f"adopting {source}: {error}")
-    ret["comment"] = f"adopted {source} as {name}, kept a 0600 backup in {backup}, removed {source}"
+    ret["comment"] = f"adopted {source} as {name}, kept a 0600 backup in {backup}, removed {', '.join([source, *legacy])}"
     return ret
 
 
