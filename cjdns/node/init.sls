@@ -4,7 +4,7 @@
 ## Pillar: cjdns:install, cjdns:node, cjdns:paths.
 ## Execute: salt '<minion>' state.apply cjdns.node
 {%- set tplroot = tpldir.split("/")[0] %}
-{%- from tplroot ~ "/map.jinja" import cjdns, target with context %}
+{%- from tplroot ~ "/map.jinja" import cjdns, cjdns_public, target with context %}
 {%- from tplroot ~ "/libguard.jinja" import refuse %}
 {%- from tplroot ~ "/libinstall.jinja" import install_states %}
 {%- from tplroot ~ "/libnode.jinja" import identity_state, config_states %}
@@ -22,7 +22,7 @@ cjdns-node-unit:
     - source: salt://{{ tplroot }}/files/cjdns.service.jinja
     - template: jinja
     - context:
-        cjdns: {{ cjdns | json }}
+        cjdns: {{ cjdns_public | json }}
         qubes: false
     - user: root
     - group: root

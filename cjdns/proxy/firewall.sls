@@ -2,7 +2,7 @@
 ## peering port open, fc00::/8 only through the TUN device (blackhole otherwise).
 ## Execute: qubesctl --skip-dom0 --targets=sys-cjdns state.apply cjdns.proxy.firewall
 {%- set tplroot = tpldir.split("/")[0] %}
-{%- from tplroot ~ "/map.jinja" import cjdns, target with context %}
+{%- from tplroot ~ "/map.jinja" import cjdns, cjdns_public, target with context %}
 {%- from tplroot ~ "/libguard.jinja" import refuse %}
 {%- if target != "app" %}
 {{ refuse(sls, "the Qubes AppVM " ~ cjdns.qubes.proxy, target) }}
@@ -16,7 +16,7 @@ cjdns-proxy-firewall-rules:
     - source: salt://{{ tplroot }}/files/proxy/firewall.jinja
     - template: jinja
     - context:
-        cjdns: {{ cjdns | json }}
+        cjdns: {{ cjdns_public | json }}
     - makedirs: true
     - user: root
     - group: root

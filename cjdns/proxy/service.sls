@@ -1,7 +1,7 @@
 ## cjdns.proxy.service: cjdroute running in sys-cjdns, restarted when its config changes.
 ## Execute: qubesctl --skip-dom0 --targets=sys-cjdns state.apply cjdns.proxy.service
 {%- set tplroot = tpldir.split("/")[0] %}
-{%- from tplroot ~ "/map.jinja" import cjdns, target with context %}
+{%- from tplroot ~ "/map.jinja" import cjdns, cjdns_public, target with context %}
 {%- from tplroot ~ "/libguard.jinja" import refuse %}
 {%- if target != "app" %}
 {{ refuse(sls, "the Qubes AppVM " ~ cjdns.qubes.proxy, target) }}
@@ -18,7 +18,7 @@ cjdns-proxy-unit:
     - source: salt://{{ tplroot }}/files/cjdns.service.jinja
     - template: jinja
     - context:
-        cjdns: {{ cjdns | json }}
+        cjdns: {{ cjdns_public | json }}
         qubes: true
     - user: root
     - group: root

@@ -2,7 +2,7 @@
 ## The empty directory in the template is what bind-dirs copies on a qube's first boot.
 ## Execute: qubesctl --skip-dom0 --targets=cjdns-gw state.apply cjdns.template.bind-dirs
 {%- set tplroot = tpldir.split("/")[0] %}
-{%- from tplroot ~ "/map.jinja" import cjdns, target with context %}
+{%- from tplroot ~ "/map.jinja" import cjdns, cjdns_public, target with context %}
 {%- from tplroot ~ "/libguard.jinja" import refuse %}
 {%- if target != "template" %}
 {{ refuse(sls, "the Qubes template (" ~ cjdns.qubes.template ~ ")", target) }}
@@ -25,7 +25,7 @@ cjdns-template-bind-dirs:
     - source: salt://{{ tplroot }}/files/bind-dirs.conf.jinja
     - template: jinja
     - context:
-        cjdns: {{ cjdns | json }}
+        cjdns: {{ cjdns_public | json }}
     - makedirs: true
     - user: root
     - group: root

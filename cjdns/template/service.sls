@@ -2,7 +2,7 @@
 ## whose Qubes service flag is on (sys-cjdns). It never runs --genconf.
 ## Execute: qubesctl --skip-dom0 --targets=cjdns-gw state.apply cjdns.template.service
 {%- set tplroot = tpldir.split("/")[0] %}
-{%- from tplroot ~ "/map.jinja" import cjdns, target with context %}
+{%- from tplroot ~ "/map.jinja" import cjdns, cjdns_public, target with context %}
 {%- from tplroot ~ "/libguard.jinja" import refuse %}
 {%- if target != "template" %}
 {{ refuse(sls, "the Qubes template (" ~ cjdns.qubes.template ~ ")", target) }}
@@ -17,7 +17,7 @@ cjdns-template-unit:
     - source: salt://{{ tplroot }}/files/cjdns.service.jinja
     - template: jinja
     - context:
-        cjdns: {{ cjdns | json }}
+        cjdns: {{ cjdns_public | json }}
         qubes: true
     - user: root
     - group: root

@@ -75,14 +75,14 @@ class Lab:
         for env, qtype in ((self.template_salt, "template"), (self.proxy_salt, "app")):
             env.set_pillar(deep_merge(self.pillar, {"qubes": {"type": qtype}}))
 
-    def apply(self, where: str, *args: str) -> Any:
+    def apply(self, where: str, *args: str, log_level: str = "quiet") -> Any:
         """state.apply in dom0, the template or sys-cjdns; returns the SaltResult."""
         if where == "dom0":
-            return self.dom0.call("state.apply", *args)
+            return self.dom0.call("state.apply", *args, log_level=log_level)
         qube, env = (self.template, self.template_salt) if where == "template" else (self.proxy, self.proxy_salt)
         if where == "proxy":
             self.load_qubes_firewall()
-        return env.call("state.apply", *args, runner=lambda argv: qube.run(argv, timeout=300))
+        return env.call("state.apply", *args, log_level=log_level, runner=lambda argv: qube.run(argv, timeout=300))
 
     def load_qubes_firewall(self) -> None:
         """Qubes' own nftables ruleset of a network-providing qube, as qubes-iptables loads it."""
