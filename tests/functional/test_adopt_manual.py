@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from support.qubes_lab import Lab, namespaces_work
+from support.qubes_lab import Lab, namespaces_work, wait_for_output
 from support.saltenv import changed, load_module, state_results
 
 pytestmark = pytest.mark.skipif(not namespaces_work(), reason="needs root, mount namespaces and overlayfs")
@@ -51,6 +51,12 @@ def digest_tree(root):
 
 def comments(text):
     return re.findall(r"//[^\n]*|/\*.*?\*/", text, re.S)
+
+
+def holding(root, secret):
+    """Files under root (as relative paths) whose bytes contain secret."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                  if p.is_file() and not p.is_symlink() and secret.encode() in p.read_bytes())
 
 
 def manual_layout(lab, own_key: bool) -> str:
@@ -116,7 +122,7 @@ def test_manual_setup_is_adopted_losing_nothing(lab, own_key):
     assert lab.template.run(["test", "-e", LEGACY]).returncode == 1
     assert lab.template.run(["test", "-e", "/etc/qubes-bind-dirs.d/10_cjdns.conf"]).returncode == 1
     assert lab.template.run(["test", "-e", "/etc/systemd/system/cjdns-resume.service"]).returncode == 1
-    assert lab.template.run(["grep", "-rqs", template_key, "/etc", "/var/lib", "/opt/cjdns", "/usr/local", "/root"]).returncode == 1
+    assert holding(lab.template.root_upper, template_key) == []
     template_comments = [r["comment"] for r in state_results(real_template.data)]
     assert any("removed the template's private key from /etc/cjdroute.conf" in c for c in template_comments)
     assert any("retired the single-file bind-dirs entry for /etc/cjdroute.conf" in c for c in template_comments)
@@ -144,8 +150,9 @@ def test_manual_setup_is_adopted_losing_nothing(lab, own_key):
         assert after[key] == before[key]
 
     # No other copy of the node's key: the config and its backup only (the backup holds the old one).
-    found = lab.proxy.run(["grep", "-rls", after["privateKey"], "/rw", "/etc", "/var/lib", "/root", "/home"]).stdout.split()
-    files = {"/rw/bind-dirs" + path if path.startswith("/etc/cjdns/") else path for path in found}
+    # Everything sys-cjdns wrote is in its /rw or its volatile root layer.
+    files = {"/rw/" + p for p in holding(rw, after["privateKey"])} | {
+        "/" + p for p in holding(lab.proxy.dir / "volatile", after["privateKey"])}
     expected = {"/rw/bind-dirs/etc/cjdns/cjdroute.conf"}
     if own_key:  # the backup of the adopted file holds the same (kept) key
         expected.add("/rw/bind-dirs/etc/cjdns/cjdroute.conf.manual-backup")
@@ -154,7 +161,8 @@ def test_manual_setup_is_adopted_losing_nothing(lab, own_key):
     host = lab.proxy.testinfra_host()
     assert host.run("systemctl is-active cjdns").stdout.strip() == "active"
     import ipaddress
-    assert ipaddress.ip_address(after["ipv6"]).compressed in host.run("ip -6 addr show dev tun0").stdout
+    address = ipaddress.ip_address(after["ipv6"]).compressed
+    assert address in wait_for_output(lab.proxy, ["ip", "-6", "addr", "show", "dev", "tun0"], address)
 
     # Re-applying changes nothing, before and after sys-cjdns restarts on the new template root.
     assert changed(ok(lab.apply("template", "cjdns.template")).data) == {}

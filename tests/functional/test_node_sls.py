@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from support.qubes_lab import PILLAR_EXAMPLE, Template, deep_merge, make_repo, namespaces_work
+from support.qubes_lab import PILLAR_EXAMPLE, Template, deep_merge, make_repo, namespaces_work, wait_for_output
 from support.saltenv import SaltEnv, changed, load_module, state_results
 
 pytestmark = pytest.mark.skipif(not namespaces_work(), reason="needs root, mount namespaces and overlayfs")
@@ -42,6 +42,7 @@ def test_node_first_apply_second_apply_and_dry_run(node):
     assert host.run("systemctl is-enabled cjdns").stdout.strip() == "enabled"
     second = apply(machine, env, "cjdns.node")
     assert second.rc == 0 and changed(second.data) == {}
+    wait_for_output(machine, ["ip", "-6", "addr", "show", "dev", "tun0"], "inet6 fc")
     status = env.call("cjdns.status", runner=lambda argv: machine.run(argv))
     assert status.data["admin"]["reachable"] and status.data["address_up"], status.data
     assert status.data["peers"]["total"] == 2

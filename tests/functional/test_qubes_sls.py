@@ -8,7 +8,7 @@ import json
 import pytest
 
 from support.saltenv import VECTORS, changed, load_module, state_results
-from support.qubes_lab import Lab, namespaces_work
+from support.qubes_lab import Lab, namespaces_work, wait_for_output
 
 pytestmark = pytest.mark.skipif(not namespaces_work(), reason="needs root, mount namespaces and overlayfs")
 cj = load_module()
@@ -121,7 +121,8 @@ def test_proxy_first_apply_second_apply_dry_run_and_end_state(lab):
     rules = host.file("/rw/config/qubes-firewall.d/50-cjdns")
     assert rules.mode == 0o755 and "47300" in rules.content_string
     assert host.run("systemctl is-active cjdns").stdout.strip() == "active"
-    assert ipaddress.ip_address(ip6).compressed in host.run("ip -6 addr show dev tun0").stdout
+    address = ipaddress.ip_address(ip6).compressed
+    assert address in wait_for_output(lab.proxy, ["ip", "-6", "addr", "show", "dev", "tun0"], address)
     assert "blackhole fc00::/8" in host.run("ip -6 route show").stdout
     nft = host.run("nft list ruleset").stdout
     assert "udp dport 47300 accept" in nft

@@ -93,3 +93,15 @@ class Lab:
     def cleanup(self) -> None:
         for qube in (self.proxy, self.template):
             qube.cleanup()
+
+
+def wait_for_output(qube: Any, argv: list, text: str, timeout: float = 10.0) -> str:
+    """Run argv in the qube until its output contains text (services start asynchronously)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        output = qube.run(argv).stdout
+        if text in output or time.monotonic() > deadline:
+            return output
+        time.sleep(0.1)
