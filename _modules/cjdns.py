@@ -104,9 +104,16 @@ def base32_encode(raw: bytes) -> str:
     return "".join(BASE32_ALPHABET[(number >> (5 * i)) & 31] for i in range(count))
 
 
+_BASE32_RE = re.compile("[" + BASE32_ALPHABET + "]*")
+_TO_INT32 = str.maketrans(BASE32_ALPHABET, "0123456789abcdefghijklmnopqrstuv")
+
+
 def base32_decode(text: str, nbytes: int = 32) -> bytes:
     """Inverse of base32_encode; refuses other characters and non-zero leftover bits."""
     number = 0
+    if text and _BASE32_RE.fullmatch(text):  # int() reads most-significant digit first
+        number = int(text[::-1].translate(_TO_INT32), 32)
+        text = ""
     for i, char in enumerate(text):
         value = _BASE32_VALUE.get(char)
         if value is None:
@@ -135,7 +142,12 @@ def _format_ip6(raw16: bytes) -> str:
 
 
 def parse_public_key(text: Any) -> bytes:
-    """Return the 32 raw bytes of a canonical cjdns public key, or raise KeyFormatError.
+    """Return the 32 raw bytes of a canonical cjdns public key, or raise KeyFormatError."""
+    return _parse_key(text)[0]
+
+
+def _parse_key(text: Any) -> tuple[bytes, bytes]:
+    """The 32 raw bytes of a canonical cjdns public key and its 16 address bytes, or KeyFormatError.
 
     Stricter than cjdns's Key_parse: upper case and text after '.k' are refused.
     """
@@ -171,7 +183,7 @@ def parse_public_key(text: Any) -> bytes:
         raise KeyFormatError(
             f"not a cjdns key: its address {_format_ip6(ip6)} is not in fc00::/8", "INVALID"
         )
-    return raw
+    return raw, ip6
 
 
 def address(public_key: str) -> str:
@@ -181,7 +193,7 @@ def address(public_key: str) -> str:
 
         salt-call cjdns.address 0ccvtu9w6dd9qus12pqzsc37rp16p8vcptzx75wkm64406y6g9k0.k
     """
-    return _format_ip6(_address_bytes(parse_public_key(public_key)))
+    return _format_ip6(_parse_key(public_key)[1])
 
 
 def _private_bytes(private_key: Any) -> bytes:
@@ -336,6 +348,13 @@ def _describe(char: str) -> str:
     return repr(char)
 
 
+_SKIP_RE = re.compile(r"(?:[ \t\n]+|//[^\n]*\n?|/\*.*?\*/)*", re.S)
+_PLAIN_KEY_RE = re.compile(r'"([^"\\\n\0]*)"[ \t\n]*:[ \t\n]*')
+_SKIP_FIRST = frozenset(" \t\n/")
+_PLAIN_RUN_RE = re.compile(r'[^"\\\n\0]*')
+_INTEGER_RE = re.compile(r"-?[0-9]+")
+
+
 class _Parser:
     def __init__(self, text: str, strict: bool) -> None:
         self.text = text
@@ -357,21 +376,11 @@ class _Parser:
 
     def skip(self) -> None:
         """Skip whitespace and comments."""
-        text = self.text
-        while self.pos < len(text):
-            char = text[self.pos]
-            if char in _WHITESPACE:
-                self.pos += 1
-            elif text.startswith("//", self.pos):
-                newline = text.find("\n", self.pos)
-                self.pos = len(text) if newline < 0 else newline + 1
-            elif text.startswith("/*", self.pos):
-                close = text.find("*/", self.pos + 2)
-                if close < 0:
-                    raise self.unterminated("comment", "*/")
-                self.pos = close + 2
-            else:
-                return
+        if self.text[self.pos : self.pos + 1] not in _SKIP_FIRST:
+            return
+        self.pos = _SKIP_RE.match(self.text, self.pos).end()
+        if self.text.startswith("/*", self.pos):
+            raise self.unterminated("comment", "*/")
 
     def document(self) -> DictNode:
         self.skip()
@@ -423,13 +432,18 @@ class _Parser:
             return DictNode(start, self.pos, entries)
         while True:
             self.skip()
-            if self.peek() != '"':
-                raise self.fail("a \"key\" in double quotes")
-            key = self.string()
-            self.skip()
-            if self.peek() != ":":
-                raise self.fail("':' after the key")
-            self.pos += 1
+            plain = _PLAIN_KEY_RE.match(self.text, self.pos)
+            if plain:  # "key": with no escapes or comments around the colon
+                key = StrNode(self.pos, plain.end(1) + 1, plain.group(1))
+                self.pos = plain.end()
+            else:
+                if self.peek() != '"':
+                    raise self.fail("a \"key\" in double quotes")
+                key = self.string()
+                self.skip()
+                if self.peek() != ":":
+                    raise self.fail("':' after the key")
+                self.pos += 1
             self.skip()
             entries.append(Entry(key, self.value(depth)))
             if not self.separator("}", "key"):
@@ -456,6 +470,10 @@ class _Parser:
     def string(self) -> StrNode:
         start = self.pos
         text = self.text
+        end = _PLAIN_RUN_RE.match(text, start + 1).end()
+        if text[end : end + 1] == '"':  # no escapes: the value is the text between the quotes
+            self.pos = end + 1
+            return StrNode(start, self.pos, text[start + 1 : end])
         self.pos += 1
         out = bytearray()
         while True:
@@ -483,7 +501,7 @@ class _Parser:
         return StrNode(start, self.pos, out.decode("utf-8", "surrogateescape"))
 
     def integer(self) -> IntNode:
-        match = re.compile(r"-?[0-9]+").match(self.text, self.pos)
+        match = _INTEGER_RE.match(self.text, self.pos)
         if not match:
             raise self.fail("a digit after '-'", self.pos + 1)
         value = int(match.group())
@@ -548,7 +566,12 @@ def read_config(path: str) -> Document:
 _INDENT = "    "
 
 
+_QUOTE_PLAIN_RE = re.compile(r'[\x20\x21\x23-\x5b\x5d-\x7e]*')
+
+
 def _quote(value: str) -> str:
+    if _QUOTE_PLAIN_RE.fullmatch(value):
+        return '"' + value + '"'
     out = ['"']
     for byte in value.encode("utf-8", "surrogateescape"):
         if 0x20 <= byte <= 0x7E and byte not in (0x22, 0x5C):
@@ -1092,9 +1115,27 @@ def merge_peers(text: str, peers: dict, exclusive: bool = False, prune: tuple = 
             continue
         plan.setdefault(where(old), {})[endpoint] = DELETE
         removed.append(endpoint)
-    for path, changes in plan.items():
-        text = edit(text, path, changes)
+    text = _edit_paths(text, plan)
     return PeerPlan(text, sorted(added), sorted(updated), sorted(removed))
+
+
+def _edit_paths(text: str, plan: dict) -> str:
+    """edit() for several objects at once: one parse and one check when nothing is deleted."""
+    if any(value is DELETE for changes in plan.values() for value in changes.values()):
+        for path, changes in plan.items():
+            text = edit(text, path, changes)
+        return text
+    doc = parse(text)
+    _require_strict(doc)
+    edits: list = []
+    for path, changes in plan.items():
+        node = _lookup(doc.root, path)
+        updates, additions = _container_edits(text, node, changes, _INDENT)
+        edits += updates + _addition_edits(text, node, additions, _INDENT)
+    if edits:
+        text = _apply(text, edits)
+        parse(text)
+    return text
 
 
 # --------------------------------------------------------------------------------------
@@ -1547,11 +1588,75 @@ def _bdecode(data: bytes, max_depth: int = BENCODE_MAX_DEPTH) -> Any:
     raw = bytes(data)
     if not raw:
         raise AdminProtocolError("bencode: empty input")
-    value, end = _bdecode_at(raw, 0, 0, max_depth)
+    try:
+        value, end = _bdecode_fast(raw, 0, 0, max_depth)
+    except _NotPlain:  # the careful decoder names the problem and where it is
+        value, end = _bdecode_at(raw, 0, 0, max_depth)
     if end != len(raw):
         raise AdminProtocolError(
             "bencode: trailing garbage at byte {} ({} bytes after the value)".format(end, len(raw) - end))
     return value
+
+
+class _NotPlain(Exception):
+    """Input _bdecode_fast does not handle: malformed, or too deep."""
+
+
+_BHEAD_RE = re.compile(rb"([0-9]{1,32}):|i(-?[0-9]{1,32})e|([ld])")
+_BKEY_RE = re.compile(rb"([0-9]{1,32}):")
+_BINT_RE = re.compile(rb"i(-?[0-9]{1,32})e")
+
+
+def _bdecode_fast(data: bytes, pos: int, depth: int, max_depth: int) -> Tuple[Any, int]:
+    """_bdecode_at for well-formed input: one regex match per value; raises _NotPlain otherwise."""
+    head = _BHEAD_RE.match(data, pos)
+    if head is None:
+        raise _NotPlain
+    length, number, lead = head.groups()
+    pos = head.end()
+    if length is not None:
+        end = pos + int(length)
+        if end > len(data):
+            raise _NotPlain
+        return _text_value(data[pos:end]), end
+    if number is not None:
+        return int(number), pos
+    if depth >= max_depth:
+        raise _NotPlain
+    if lead == b"l":
+        items = []
+        while data[pos : pos + 1] != b"e":
+            item, pos = _bdecode_fast(data, pos, depth + 1, max_depth)
+            items.append(item)
+        return items, pos + 1
+    result: Dict[str, Any] = {}
+    size = len(data)
+    while data[pos : pos + 1] != b"e":
+        key_head = _BKEY_RE.match(data, pos)
+        if key_head is None:
+            raise _NotPlain
+        start = key_head.end()
+        end = start + int(key_head.group(1))
+        if end > size:
+            raise _NotPlain
+        key = data[start:end].decode("utf-8", "surrogateescape")
+        if key in result:
+            raise _NotPlain
+        leaf = _BKEY_RE.match(data, end)  # most values are strings or integers: no call for them
+        if leaf is not None:
+            start = leaf.end()
+            pos = start + int(leaf.group(1))
+            if pos > size:
+                raise _NotPlain
+            result[key] = _text_value(data[start:pos])
+            continue
+        leaf = _BINT_RE.match(data, end)
+        if leaf is not None:
+            result[key] = int(leaf.group(1))
+            pos = leaf.end()
+            continue
+        result[key], pos = _bdecode_fast(data, end, depth + 1, max_depth)
+    return result, pos + 1
 
 
 def _bdecode_at(data: bytes, pos: int, depth: int, max_depth: int) -> Tuple[Any, int]:
@@ -1572,11 +1677,11 @@ def _bdecode_at(data: bytes, pos: int, depth: int, max_depth: int) -> Tuple[Any,
     raise AdminProtocolError("bencode: unexpected byte {!r} at byte {}".format(lead, pos))
 
 
+_BDIGITS_RE = re.compile(rb"[0-9]*")
+
+
 def _scan_digits(data: bytes, pos: int) -> int:
-    end = pos
-    while end < len(data) and 0x30 <= data[end] <= 0x39:
-        end += 1
-    return end
+    return _BDIGITS_RE.match(data, pos).end()
 
 
 def _bdecode_int(data: bytes, pos: int) -> Tuple[int, int]:
@@ -2179,7 +2284,8 @@ def status(path: str | None = None, timeout: float = ADMIN_TIMEOUT) -> dict:
 
 def health(path: str | None = None, min_established: int | None = None, timeout: float = ADMIN_TIMEOUT) -> dict:
     """Healthy when the node's fc address is up, the admin API answers and at least
-    ``min_established`` peers are ESTABLISHED (default 1 when peers are configured, else 0).
+    ``min_established`` peers are ESTABLISHED (default: pillar
+    ``cjdns:node:min_established_peers``, else 1 when peers are configured, else 0).
 
     Returns ``{"healthy", "problems", "status"}``.
 
@@ -2190,6 +2296,11 @@ def health(path: str | None = None, min_established: int | None = None, timeout:
     current = status(path, timeout)
     wanted = min_established
     if wanted is None:
+        try:
+            wanted = __salt__["config.get"]("cjdns:node:min_established_peers", None)  # type: ignore[name-defined]
+        except NameError:
+            wanted = None
+    if wanted in (None, ""):
         wanted = 1 if current["peers_configured"] else 0
     problems = []
     if not current["address_up"]:

@@ -967,7 +967,7 @@ def pillar_valid(name: str = "cjdns", defaults: dict | None = None) -> dict:
             problems = _value_problems(_merge(defaults, pillar))
         except (KeyError, TypeError) as error:
             problems = [f"{name}: {error}"]
-    if not problems and "qvm.check" in __salt__ and __grains__.get("id") == "dom0":
+    if not problems and __grains__.get("id") == "dom0" and "qvm.check" in __salt__:
         cfg = _merge(defaults, pillar)["qubes"]
         for qube, why in [(cfg["proxy_netvm"], "cjdns.qubes.proxy_netvm"), *[(c, "cjdns.qubes.clients") for c in cfg["clients"]]]:
             if not __salt__["qvm.check"](qube):

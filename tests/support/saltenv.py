@@ -47,13 +47,20 @@ class SaltEnv:
         self.root = base / "root"
         for directory in (self.conf, self.pillar_dir, self.root / "var/cache/salt/minion"):
             directory.mkdir(parents=True, exist_ok=True)
+        # The formula as a user installs it (not the whole checkout: Salt's file server would
+        # walk .venv on every run).
+        formula = base / "formula"
+        formula.mkdir(exist_ok=True)
+        for part in ("cjdns", "_modules", "_states"):
+            if not (formula / part).exists():
+                (formula / part).symlink_to(REPO / part)
         config = {
             "id": minion_id,
             "file_client": "local",
             "root_dir": str(self.root),
-            "file_roots": {"base": [str(REPO)]},
+            "file_roots": {"base": [str(formula)]},
             "pillar_roots": {"base": [str(self.pillar_dir)]},
-            "module_dirs": [str(REPO), *map(str, extra_module_dirs)],
+            "module_dirs": [str(formula), *map(str, extra_module_dirs)],
             "grains_cache": True,
             "enable_fqdns_grains": False,
             "log_level_logfile": "debug",
