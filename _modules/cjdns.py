@@ -1115,18 +1115,17 @@ def merge_peers(text: str, peers: dict, exclusive: bool = False, prune: tuple = 
             continue
         plan.setdefault(where(old), {})[endpoint] = DELETE
         removed.append(endpoint)
-    text = _edit_paths(text, plan)
+    text = _edit_paths(text, plan, doc)
     return PeerPlan(text, sorted(added), sorted(updated), sorted(removed))
 
 
-def _edit_paths(text: str, plan: dict) -> str:
-    """edit() for several objects at once: one parse and one check when nothing is deleted."""
+def _edit_paths(text: str, plan: dict, doc: Document) -> str:
+    """edit() for several objects of the parsed ``doc`` of ``text`` at once: no parse but the
+    final check when nothing is deleted."""
     if any(value is DELETE for changes in plan.values() for value in changes.values()):
         for path, changes in plan.items():
             text = edit(text, path, changes)
         return text
-    doc = parse(text)
-    _require_strict(doc)
     edits: list = []
     for path, changes in plan.items():
         node = _lookup(doc.root, path)
