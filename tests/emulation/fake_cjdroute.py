@@ -15,7 +15,6 @@ EMULATION_DIR filled in, and the shebang set to the test venv's Python (it needs
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import importlib.util
 import json
 import os
@@ -35,38 +34,32 @@ PARSE_ERROR_EXIT = 101  # v22 panics ("Error reading conf from stdin: ...") on a
 ALPHABET = "0123456789bcdfghjklmnpqrstuvwxyz"
 
 
-# -- keys (cjdns rules, reference/cjdns.md §1) ------------------------------------------------
-# USES-MODULE: replace the key functions below with imports from _modules/cjdns.py.
+# -- keys and the config dialect: the formula's own module, whose parser gives cjdroute's
+# verdicts on the recorded cases (tests/unit/test_dialect.py) --------------------------------
 
-def _base32(data: bytes) -> str:
-    number = int.from_bytes(data, "little")
-    return "".join(ALPHABET[(number >> (5 * i)) & 31] for i in range((len(data) * 8 + 4) // 5))
+def _module() -> Any:
+    import importlib.util
+    import sys
 
-
-def _address(public: bytes) -> bytes:
-    return hashlib.sha512(hashlib.sha512(public).digest()).digest()[:16]
-
-
-def _ipv6_text(address: bytes) -> str:
-    return ":".join(address[i:i + 2].hex() for i in range(0, 16, 2))
+    emulation = Path(EMULATION_DIR) if EMULATION_DIR else Path(__file__).resolve().parent
+    if "cjdns_module" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("cjdns_module", emulation.parents[1] / "_modules" / "cjdns.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["cjdns_module"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["cjdns_module"]
 
 
 def public_key(private_hex: str) -> tuple[str, str]:
     """(public key text, ipv6 text) of a 64-hex private key."""
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
-    public = X25519PrivateKey.from_private_bytes(bytes.fromhex(private_hex)).public_key()
-    raw = public.public_bytes_raw()
-    return _base32(raw) + ".k", _ipv6_text(_address(raw))
+    public = _module().public_key(private_hex)
+    return public, _module().address(public)
 
 
 def keypair() -> tuple[str, str, str]:
     """A new (private hex, public key, ipv6) whose address is in fc00::/8."""
-    while True:
-        private = secrets.token_bytes(32).hex()
-        public, ipv6 = public_key(private)
-        if ipv6.startswith("fc"):
-            return private, public, ipv6
+    ident = _module()._keypair()
+    return ident.private_key, ident.public_key, ident.ipv6
 
 
 # -- config -----------------------------------------------------------------------------------
@@ -150,46 +143,13 @@ def genconf() -> str:
 """
 
 
-def _strip_comments(text: str) -> str:
-    out, i, in_string = [], 0, False
-    while i < len(text):
-        char = text[i]
-        if in_string:
-            out.append(char)
-            if char == "\\":
-                out.append(text[i + 1:i + 2])
-                i += 1
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-            out.append(char)
-        elif text.startswith("//", i):
-            while i < len(text) and text[i] != "\n":
-                i += 1
-            continue
-        elif text.startswith("/*", i):
-            end = text.find("*/", i + 2)
-            skipped = text[i:len(text) if end < 0 else end + 2]
-            out.append("\n" * skipped.count("\n"))
-            i = len(text) if end < 0 else end + 2
-            continue
-        else:
-            out.append(char)
-        i += 1
-    return "".join(out)
-
-
 def parse_conf(text: str) -> dict[str, Any]:
     """The config as a dict; ValueError("<reason> at line N") when cjdroute would refuse it."""
-    # USES-MODULE: replace with the module's strict cjdns-dialect parser.
+    cj = _module()
     try:
-        conf = json.loads(_strip_comments(text))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{exc.msg} at line {exc.lineno}") from exc
-    if not isinstance(conf, dict):
-        raise ValueError("config is not a dict at line 1")
-    return conf
+        return cj.loads(text)
+    except cj.ConfigSyntaxError as exc:
+        raise ValueError(f"{exc.reason} at line {exc.line}") from exc
 
 
 def check_conf(conf: dict[str, Any]) -> str | None:

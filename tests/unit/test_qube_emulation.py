@@ -280,5 +280,5 @@ def test_fake_cjdroute_keys_follow_cjdns_rules(tmp_path: Path) -> None:
     assert (conf["publicKey"], conf["ipv6"]) == cjdroute.public_key(conf["privateKey"])
     assert conf["ipv6"].startswith("fc") and conf["version"] == 2
     bad = subprocess.run([sys.executable, str(EMULATION / "fake_cjdroute.py"), "--nobg"],
-                         input='{ "privateKey": "00", }', capture_output=True, text=True)
+                         input='{ "privateKey": "00", "version": 2, }', capture_output=True, text=True)
     assert bad.returncode == 101 and "Error reading conf from stdin" in bad.stderr
