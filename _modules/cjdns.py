@@ -1120,8 +1120,8 @@ def merge_peers(text: str, peers: dict, exclusive: bool = False, prune: tuple = 
 
 
 def _edit_paths(text: str, plan: dict, doc: Document) -> str:
-    """edit() for several objects of the parsed ``doc`` of ``text`` at once: no parse but the
-    final check when nothing is deleted."""
+    """edit() for several objects of the parsed ``doc`` of ``text`` at once, without parsing
+    again when nothing is deleted. The result is checked by write_config before it is written."""
     if any(value is DELETE for changes in plan.values() for value in changes.values()):
         for path, changes in plan.items():
             text = edit(text, path, changes)
@@ -1131,10 +1131,7 @@ def _edit_paths(text: str, plan: dict, doc: Document) -> str:
         node = _lookup(doc.root, path)
         updates, additions = _container_edits(text, node, changes, _INDENT)
         edits += updates + _addition_edits(text, node, additions, _INDENT)
-    if edits:
-        text = _apply(text, edits)
-        parse(text)
-    return text
+    return _apply(text, edits) if edits else text
 
 
 # --------------------------------------------------------------------------------------
