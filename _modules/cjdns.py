@@ -298,19 +298,8 @@ class DictNode(Node):
     def get(self, key: str) -> Entry | None:
         found = [entry for entry in self.entries if entry.key.value == key]
         if len(found) > 1:
-            line = _line_of(found[-1].key.start)
-            raise ConfigError(f"key {key!r} appears {len(found)} times in one object{line}")
+            raise ConfigError(f"key {key!r} appears {len(found)} times in one object; fix it by hand")
         return found[0] if found else None
-
-
-# Set while parsing so ConfigError can name a line without threading text everywhere.
-_CURRENT_TEXT: list[str] = []
-
-
-def _line_of(offset: int) -> str:
-    if not _CURRENT_TEXT:
-        return ""
-    return f" (line {_CURRENT_TEXT[-1].count(chr(10), 0, offset) + 1})"
 
 
 @dataclass
@@ -607,12 +596,15 @@ def dumps(value: Value, indent: str = "", unit: str = _INDENT) -> str:
 
 
 def cleanconf(text: str) -> str:
-    """What cjdroute v20.7 `--cleanconf` prints for a config it accepts (tests compare bytes)."""
+    """What cjdroute v20.7 `--cleanconf` prints for a config it accepts (tests compare bytes):
+    2-space indent, `"key" : value`, \\xHH for other bytes, and "version" set to 2 (appended
+    when missing)."""
     root = parse(text).root
-    entries = list(root.entries)
-    version = [e for e in entries if e.key.value == "version"]
-    body = _clean_node(root, "", add_version=not version)
-    return body + "\n"
+    entries = [f'  {_clean_string(e.key.value)} : {"2" if e.key.value == "version" else _clean_node(e.value, "  ")}'
+               for e in root.entries]
+    if not any(e.key.value == "version" for e in root.entries):
+        entries.append('  "version" : 2')
+    return _clean_container("{", "}", entries, "") + "\n"
 
 
 def _clean_string(value: str) -> str:
@@ -622,28 +614,23 @@ def _clean_string(value: str) -> str:
     return "".join(out) + '"'
 
 
-def _clean_node(node: Node, indent: str, add_version: bool = False) -> str:
+def _clean_container(open_: str, close: str, items: list, indent: str) -> str:
+    if not items:
+        return f"{open_}\n\n{indent}{close}"
+    return open_ + "\n" + ",\n".join(items) + "\n" + indent + close
+
+
+def _clean_node(node: Node, indent: str) -> str:
     inner = indent + "  "
     if isinstance(node, StrNode):
         return _clean_string(node.value)
     if isinstance(node, IntNode):
         return str(node.value)
     if isinstance(node, ListNode):
-        items = [inner + _clean_node(item, inner) for item in node.items]
-        open_, close = "[", "]"
-    else:
-        assert isinstance(node, DictNode)
-        items = []
-        for entry in node.entries:
-            value = "2" if add_version is False and entry.key.value == "version" and indent == "" else None
-            rendered = value or _clean_node(entry.value, inner)
-            items.append(f"{inner}{_clean_string(entry.key.value)} : {rendered}")
-        if add_version:
-            items.append(f'{inner}"version" : 2')
-        open_, close = "{", "}"
-    if not items:
-        return f"{open_}\n\n{indent}{close}"
-    return open_ + "\n" + ",\n".join(items) + "\n" + indent + close
+        return _clean_container("[", "]", [inner + _clean_node(item, inner) for item in node.items], indent)
+    assert isinstance(node, DictNode)
+    entries = [f"{inner}{_clean_string(e.key.value)} : {_clean_node(e.value, inner)}" for e in node.entries]
+    return _clean_container("{", "}", entries, indent)
 
 
 # --------------------------------------------------------------------------------------

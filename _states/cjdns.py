@@ -209,9 +209,10 @@ def identity(name: str, compromised_keys: list | None = None, template_keys: str
             done = f"{verb} the node's key because {replace_reason}" + (
                 f": address {old_view['ipv6']} -> {ident.ipv6}" if not _test() else "")
         else:
-            fixed = [k for k in ("publicKey", "ipv6") if data.get(k) != getattr(ident, "public_key" if k == "publicKey" else "ipv6")]
+            derived = {"publicKey": ident.public_key, "ipv6": ident.ipv6}
+            fixed = [k for k, value in derived.items() if data.get(k) != value]
             if fixed:
-                ret["changes"] = {k: {"old": data.get(k), "new": ident.public_key if k == "publicKey" else ident.ipv6} for k in fixed}
+                ret["changes"] = {k: {"old": data.get(k), "new": derived[k]} for k in fixed}
             done = f"kept the node's key (address {ident.ipv6}); corrected {', '.join(fixed)}"
         return _finish(ret, name, old, new, done, f"identity kept: {ident.public_key} {ident.ipv6}")
 
