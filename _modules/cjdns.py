@@ -507,22 +507,29 @@ def parse(text: str) -> Document:
     ``strict=False``; editing such a file is refused (see edit functions).
     """
     try:
-        return Document(text, _Parser(text, strict=True).document(), strict=True)
+        root = _Parser(text, strict=True).document()
     except ConfigSyntaxError as strict_error:
         try:
             root = _Parser(text, strict=False).document()
         except ConfigSyntaxError:
             raise strict_error from None
-        version = _version_of(root)
-        if version >= 2:
+        if _version_of(root) >= 2:
             raise strict_error from None
         return Document(text, root, strict=False, strict_error=strict_error)
+    if _version_of(root) >= 2 and not text.startswith("{"):
+        # cjdroute v20.7's strict reader wants "{" as the very first byte (measured with the
+        # real cjdroute); only the old reader of version-less files skips what comes before.
+        raise ConfigSyntaxError(
+            "expected '{' as the very first character: with \"version\": 2 cjdroute refuses "
+            f"anything before it, found {_describe(text[:1])}", 1, 1)
+    return Document(text, root, strict=True)
 
 
 def _version_of(root: DictNode) -> int:
+    """The first "version" key counts: cjdroute v20.7 looks it up from the head of the object."""
     version = [e.value for e in root.entries if e.key.value == "version"]
-    if version and isinstance(version[-1], IntNode):
-        return version[-1].value
+    if version and isinstance(version[0], IntNode):
+        return version[0].value
     return 0
 
 
@@ -597,12 +604,23 @@ def dumps(value: Value, indent: str = "", unit: str = _INDENT) -> str:
 
 def cleanconf(text: str) -> str:
     """What cjdroute v20.7 `--cleanconf` prints for a config it accepts (tests compare bytes):
-    2-space indent, `"key" : value`, \\xHH for other bytes, and "version" set to 2 (appended
-    when missing)."""
+    2-space indent, `"key" : value`, \\xHH for bytes outside 0x20-0x7d, the first "version"
+    set to 2, or, when there is none, a "version" put before the first top-level key that sorts
+    after it (at the end if none does), as v20.7 inserts it."""
     root = parse(text).root
-    entries = [f'  {_clean_string(e.key.value)} : {"2" if e.key.value == "version" else _clean_node(e.value, "  ")}'
-               for e in root.entries]
-    if not any(e.key.value == "version" for e in root.entries):
+    entries = []
+    has_version = any(e.key.value == "version" for e in root.entries)
+    seen_version = False
+    for entry in root.entries:
+        key = entry.key.value
+        if not has_version and not seen_version and key.encode("utf-8", "surrogateescape") > b"version":
+            entries.append('  "version" : 2')
+            seen_version = True
+        first_version = key == "version" and not seen_version
+        seen_version = seen_version or key == "version"
+        value = "2" if first_version else _clean_node(entry.value, "  ")
+        entries.append(f"  {_clean_string(key)} : {value}")
+    if not seen_version:
         entries.append('  "version" : 2')
     return _clean_container("{", "}", entries, "") + "\n"
 
@@ -610,7 +628,7 @@ def cleanconf(text: str) -> str:
 def _clean_string(value: str) -> str:
     out = ['"']
     for byte in value.encode("utf-8", "surrogateescape"):
-        out.append(chr(byte) if 0x20 <= byte <= 0x7E and byte not in (0x22, 0x5C) else f"\\x{byte:02X}")
+        out.append(chr(byte) if 0x20 <= byte < 0x7E and byte not in (0x22, 0x5C) else f"\\x{byte:02X}")
     return "".join(out) + '"'
 
 
@@ -1378,6 +1396,22 @@ def _load(path: str) -> Document:
         raise _command_error(str(error)) from None
 
 
+def _duplicate_keys(node: Node, where: str) -> list[str]:
+    """Keys given twice in one object: cjdroute v20.7 takes the first, v22 the last."""
+    problems = []
+    if isinstance(node, DictNode):
+        keys = [e.key.value for e in node.entries]
+        for key in sorted({k for k in keys if keys.count(k) > 1}):
+            problems.append(f"{where + '.' if where else ''}{key}: given {keys.count(key)} times "
+                            "(cjdroute v20.7 uses the first, v22 the last); keep one")
+        for entry in node.entries:
+            problems += _duplicate_keys(entry.value, f"{where + '.' if where else ''}{entry.key.value}")
+    elif isinstance(node, ListNode):
+        for index, item in enumerate(node.items):
+            problems += _duplicate_keys(item, f"{where}[{index}]")
+    return problems
+
+
 def check_config(path: str | None = None) -> dict:
     """Check a cjdroute.conf the way cjdroute would read it.
 
@@ -1391,6 +1425,7 @@ def check_config(path: str | None = None) -> dict:
     path = _config_path(path)
     doc = _load(path)
     errors, warnings = config_problems(doc.data())
+    errors += _duplicate_keys(doc.root, "")
     if errors:
         raise _command_error(f"{path}: " + "; ".join(errors))
     if not doc.strict:

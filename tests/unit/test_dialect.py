@@ -99,3 +99,33 @@ def test_duplicate_keys_read_like_cjdns_v22_last_wins_but_editing_them_is_refuse
     assert cj.loads(text) == {"a": 2, "version": 2}
     with pytest.raises(cj.ConfigError, match="'a' appears twice"):
         cj.set_path(text, ("a",), 3)
+
+
+# Found by running the real cjdroute v20.7 on mutated configs (see the closing note of the
+# stop that added these): each case is what the real parser did.
+@pytest.mark.parametrize("prefix", ["\n", " ", "// header\n"])
+def test_nothing_may_precede_the_brace_in_a_version_2_file(prefix):
+    text = (VECTORS / "genconf/genconf-1.conf").read_text()
+    with pytest.raises(cj.ConfigSyntaxError, match="very first character") as error:
+        cj.parse(prefix + text)
+    assert (error.value.line, error.value.column) == (1, 1)
+    # Without a version the old reader skips to the first "{" (and we read it, but never edit it).
+    assert not cj.parse(prefix + '{ "a": 1, }').strict
+
+
+def test_the_first_version_key_decides_strictness():
+    with pytest.raises(cj.ConfigSyntaxError, match="trailing comma"):
+        cj.parse('{ "version": 2, "version": 1, "a": 1, }')
+
+
+def test_cleanconf_escapes_tilde_and_places_an_added_version_like_v20_7():
+    assert cj.cleanconf('{ "a": "~" }') == '{\n  "a" : "\\x7E",\n  "version" : 2\n}\n'
+    assert cj.cleanconf('{ "a": 1, "x": 2, "z": 3 }') == '{\n  "a" : 1,\n  "version" : 2,\n  "x" : 2,\n  "z" : 3\n}\n'
+
+
+def test_check_config_reports_duplicate_keys(tmp_path):
+    path = tmp_path / "c.conf"
+    text = (VECTORS / "genconf/genconf-1.conf").read_text()
+    path.write_text(text.replace('"bind": "127.0.0.1:11234",', '"bind": "127.0.0.1:11234", "bind": "127.0.0.1:1",'))
+    with pytest.raises(Exception, match=r"admin.bind: given 2 times \(cjdroute v20.7 uses the first, v22 the last\)"):
+        cj.check_config(str(path))
