@@ -1,4 +1,4 @@
-#!/work/main/.venv/bin/python
+#!/usr/bin/env python3
 """A stand-in for cjdroute (tests only): enough of it for the systemd unit and the formula.
 
 fake_cjdns_repo.py's `./do` installs this file as `cjdroute` with BUILT_FROM (the tag built) and
