@@ -18,10 +18,8 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Any, Callable
 
@@ -572,20 +570,10 @@ def _sha256(path: str) -> str | None:
 
 
 def _install_file(source: str, target: str) -> None:
-    directory = os.path.dirname(target)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(target)}.")
-    try:
-        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
-            shutil.copyfileobj(src, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Install an executable atomically (the module's atomic_write: same directory, fsync, rename)."""
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with open(source, "rb") as handle:
+        _cj().atomic_write(target, handle.read(), 0o755)
 
 
 def _proxy_env(proxy: str, extra: dict) -> dict:
@@ -697,29 +685,26 @@ def installed(name: str, method: str = "source", rev: str = "", repo: str = "", 
     return ret
 
 
+_MAX_BINARY = 256 << 20  # far above cjdroute's size; a larger download is not cjdroute
+
+
 def _install_binary(ret: dict, name: str, url: str, sha256: str, proxy: str) -> dict:
     import urllib.request
 
-    handlers = [urllib.request.ProxyHandler({"http": proxy, "https": proxy} if proxy else {})]
-    opener = urllib.request.build_opener(*handlers)
-    directory = os.path.dirname(name)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".cjdroute.download.")
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({"http": proxy, "https": proxy} if proxy else {}))
     try:
-        digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, opener.open(url, timeout=60) as response:
-            while chunk := response.read(1 << 16):
-                digest.update(chunk)
-                out.write(chunk)
-        if digest.hexdigest() != sha256:
-            return _fail(ret, f"install.binary.sha256: {url} has sha256 {digest.hexdigest()}, not {sha256}; not installed")
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, name)
+        os.makedirs(os.path.dirname(name), exist_ok=True)
+        with opener.open(url, timeout=60) as response:
+            data = response.read(_MAX_BINARY + 1)
+        if len(data) > _MAX_BINARY:
+            return _fail(ret, f"install.binary.url: {url} is larger than {_MAX_BINARY >> 20} MiB; not installed")
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != sha256:
+            return _fail(ret, f"install.binary.sha256: {url} has sha256 {digest}, not {sha256}; not installed")
+        _cj().atomic_write(name, data, 0o755)
     except OSError as error:
         return _fail(ret, f"install.binary.url: could not download {url}: {error}")
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     ret["comment"] = f"installed {url} (sha256 {sha256}) as {name}"
     return ret
 
@@ -736,13 +721,18 @@ _CREATION_PREFS = ("label", "template")
 _NONE_ALIASES = ("netvm", "guivm", "audiovm", "default_dispvm", "management_dispvm")
 
 
-def _qvm_listing(status: Any) -> dict:
-    """Parse the "key : value" lines a read-only qvm.prefs call puts in its comment."""
+def _status_text(status: Any) -> str:
+    """The text a read-only qvm call returns: a Status's comment (a dict's from the CLI)."""
     text = getattr(status, "comment", None)
     if text is None and isinstance(status, dict):
         text = status.get("comment") or status.get("stdout", "")
+    return str(text or "")
+
+
+def _qvm_listing(status: Any) -> dict:
+    """Parse the "key : value" lines a read-only qvm.prefs call puts in its comment."""
     values = {}
-    for line in str(text or "").splitlines():
+    for line in _status_text(status).splitlines():
         if ": " in line:
             key, value = line.split(": ", 1)
             values[key.strip()] = value
@@ -751,11 +741,8 @@ def _qvm_listing(status: Any) -> dict:
 
 def _qvm_flags(status: Any) -> dict:
     """Parse "[ENABLED]  k" / "[DISABLED] k" / "[SET]  k: v" lines of qvm.features/qvm.service."""
-    text = getattr(status, "comment", None)
-    if text is None and isinstance(status, dict):
-        text = status.get("comment") or status.get("stdout", "")
     flags: dict = {}
-    for line in str(text or "").splitlines():
+    for line in _status_text(status).splitlines():
         line = line.strip()
         if line.startswith("[ENABLED]"):
             flags[line[len("[ENABLED]"):].strip()] = "1"
