@@ -23,11 +23,18 @@ EMULATION_DIR = Path(__file__).resolve().parent
 TAGS = ("cjdns-v22.3", "cjdns-v22.4")
 
 DO_SCRIPT = """#!/bin/sh
-# Fake build for tests: writes ./cjdroute and ./cjdnstool and records the revision built.
+# Fake build for tests: writes ./cjdroute (one executable file, as the real build does: a Python
+# zipapp of client/) and ./cjdnstool, and records the revision built.
 set -e
 cd "$(dirname "$0")"
 rev=$(git describe --tags --exact-match 2>/dev/null || git rev-parse --short HEAD)
-sed "s/^BUILT_FROM = .*/BUILT_FROM = \\"$rev\\"/" client/cjdroute.py > cjdroute.tmp
+python=$(cat client/INTERPRETER)
+rm -rf build.tmp
+mkdir build.tmp
+sed "s/^BUILT_FROM = .*/BUILT_FROM = \\"$rev\\"/" client/cjdroute.py > build.tmp/__main__.py
+cp client/cjdns_module.py client/admin_server.py build.tmp/
+"$python" -m zipapp build.tmp -p "$python" -o cjdroute.tmp
+rm -rf build.tmp
 chmod 0755 cjdroute.tmp
 mv cjdroute.tmp cjdroute
 printf '#!/bin/sh\\necho "cjdnstool (fake) built from %s"\\n' "$rev" > cjdnstool
@@ -72,7 +79,7 @@ ExecStart=/bin/systemctl restart cjdns
 WantedBy=sleep.target
 """
 
-GITIGNORE = "/cjdroute\n/cjdnstool\n/.built-from\n/target/\n"
+GITIGNORE = "/cjdroute\n/cjdnstool\n/.built-from\n/target/\n/build.tmp/\n"
 
 
 def _git(repo: Path, *args: str) -> None:
@@ -81,17 +88,13 @@ def _git(repo: Path, *args: str) -> None:
     subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, env=env)
 
 
-def cjdroute_source() -> str:
-    """fake_cjdroute.py with the interpreter and emulation directory of this test run."""
-    text = (EMULATION_DIR / "fake_cjdroute.py").read_text()
-    lines = text.splitlines(keepends=True)
-    lines[0] = f"#!{sys.executable}\n"
-    text = "".join(lines)
-    return text.replace('\nEMULATION_DIR = ""\n', f'\nEMULATION_DIR = "{EMULATION_DIR}"\n', 1)
+def make_repo(dest: os.PathLike[str] | str, tags: Sequence[str] = TAGS,
+              python: str = sys.executable) -> str:
+    """Create the repository at `dest` (must not exist or be empty); returns its path.
 
-
-def make_repo(dest: os.PathLike[str] | str, tags: Sequence[str] = TAGS) -> str:
-    """Create the repository at `dest` (must not exist or be empty); returns its path."""
+    `python` runs the built cjdroute: the test venv's on this machine, `/usr/bin/python3` in
+    an emulated qube (which has python3-cryptography once the formula installed it).
+    """
     repo = Path(dest).resolve()
     repo.mkdir(parents=True, exist_ok=True)
     _git(repo, "init", "-q", "-b", "master")
@@ -99,7 +102,10 @@ def make_repo(dest: os.PathLike[str] | str, tags: Sequence[str] = TAGS) -> str:
     _git(repo, "config", "user.email", "cjdns-test@example.invalid")
     files = {
         "do": DO_SCRIPT,
-        "client/cjdroute.py": cjdroute_source(),
+        "client/cjdroute.py": (EMULATION_DIR / "fake_cjdroute.py").read_text(),
+        "client/cjdns_module.py": (EMULATION_DIR.parents[1] / "_modules" / "cjdns.py").read_text(),
+        "client/admin_server.py": (EMULATION_DIR / "admin_server.py").read_text(),
+        "client/INTERPRETER": python + "\n",
         "contrib/systemd/cjdns.service": CJDNS_SERVICE,
         "contrib/systemd/cjdns-resume.service": CJDNS_RESUME_SERVICE,
         ".gitignore": GITIGNORE,

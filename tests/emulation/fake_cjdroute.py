@@ -38,15 +38,17 @@ ALPHABET = "0123456789bcdfghjklmnpqrstuvwxyz"
 # verdicts on the recorded cases (tests/unit/test_dialect.py) --------------------------------
 
 def _module() -> Any:
-    import importlib.util
-    import sys
-
-    emulation = Path(EMULATION_DIR) if EMULATION_DIR else Path(__file__).resolve().parent
+    """The formula's module: beside this file in the built zipapp, else in the checkout."""
     if "cjdns_module" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("cjdns_module", emulation.parents[1] / "_modules" / "cjdns.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["cjdns_module"] = module
-        spec.loader.exec_module(module)
+        try:
+            import cjdns_module  # noqa: F401  (inside the zipapp `./do` builds)
+        except ImportError:
+            emulation = Path(EMULATION_DIR) if EMULATION_DIR else Path(__file__).resolve().parent
+            spec = importlib.util.spec_from_file_location("cjdns_module", emulation.parents[1] / "_modules" / "cjdns.py")
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules["cjdns_module"] = module
+            spec.loader.exec_module(module)
     return sys.modules["cjdns_module"]
 
 
@@ -209,16 +211,29 @@ def create_tun(conf: dict[str, Any]) -> str | None:
     return name
 
 
-def serve_admin(conf: dict[str, Any]) -> NoReturn:
-    """Serve the admin API with tests/emulation/admin_server.py if it exists, else ping only."""
+def _admin_server() -> Any:
+    """tests/emulation/admin_server.py: beside this file in the zipapp, else in the checkout."""
+    try:
+        import admin_server  # (inside the zipapp `./do` builds)
+        return admin_server
+    except ImportError:
+        pass
     emulation = Path(EMULATION_DIR) if EMULATION_DIR else Path(__file__).resolve().parent
     server = emulation / "admin_server.py"
-    if server.exists():
-        spec = importlib.util.spec_from_file_location("admin_server", server)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["admin_server"] = module
-        spec.loader.exec_module(module)
+    if not server.exists():
+        return None
+    spec = importlib.util.spec_from_file_location("admin_server", server)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["admin_server"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def serve_admin(conf: dict[str, Any]) -> NoReturn:
+    """Serve the admin API with tests/emulation/admin_server.py if it exists, else ping only."""
+    module = _admin_server()
+    if module is not None:
         kwargs = module.server_kwargs_from_conf(conf)
         # The identity comes from privateKey; "publicKey"/"ipv6" in a config are only comments.
         kwargs["public_key"], kwargs["ipv6"] = public_key(conf["privateKey"])
