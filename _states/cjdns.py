@@ -889,8 +889,10 @@ def _qvm_exists(name: str) -> bool:
 
 
 def _qvm_has_pref(name: str, key: str) -> bool:
-    """Whether the qube's class has the property: Qubes raises QubesNoSuchPropertyError,
-    an AttributeError, for one it lacks (as for ``template`` on a TemplateVM)."""
+    """Whether the qube's class has the property. qubesd answers QubesNoSuchPropertyError for
+    one it lacks (``template`` on a TemplateVM), which qubesadmin raises as an AttributeError
+    (qubes-core-admin-client qubesadmin/exc.py, base.py property_is_default); the qvm module's
+    prefs lets it through. The qvm module has no call that names a qube's class."""
     try:
         __salt__["qvm.prefs"](name, get=[key])
     except AttributeError:

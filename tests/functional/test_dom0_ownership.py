@@ -205,3 +205,12 @@ def test_a_running_client_waits_until_sys_cjdns_runs(tmp_path):
     assert changed(real.data) == changed(dry.data) == {"cjdns-dom0-clients": {"personal": {
         "recorded_netvm": {"old": None, "new": "default"}, "netvm": {"old": "*default*", "new": "sys-cjdns"}}}}
     assert qubes_db.pref(db, "personal", "netvm") == "sys-cjdns"
+
+
+def test_a_standalone_client_is_accepted_and_moved(tmp_path):
+    env, db, qd = lab(tmp_path)
+    qd.run_tool("/usr/bin/qvm-create solo --class=StandaloneVM --template=debian-13-xfce --label=purple")
+    run = env.call("state.apply", "cjdns.dom0", pillar(clients=["personal", "solo"]))
+    assert run.rc == 0, run.stdout[-2000:]
+    assert "clients checked: personal, solo" in result_of(run, "cjdns-dom0-qubes-owned")["comment"]
+    assert qubes_db.pref(db, "solo", "netvm") == "sys-cjdns"
