@@ -793,7 +793,7 @@ def _predict_flags(name: str, enable: list, exists: bool, service: bool, disable
 
 def qvm_settings(name: str, prefs: dict | None = None, features_enable: list | None = None,
                  services_enable: list | None = None, services_disable: list | None = None,
-                 created_with: dict | None = None) -> dict:
+                 created_with: dict | None = None, missing_ok: bool = False) -> dict:
     """Set a qube's prefs, enable features and Qubes services, with an honest dry run.
 
     A real run calls Qubes' ``qvm.prefs``, ``qvm.features`` and ``qvm.service`` states;
@@ -801,6 +801,7 @@ def qvm_settings(name: str, prefs: dict | None = None, features_enable: list | N
     ``qvm.vm`` reports them. Under test=True nothing is written: the changes are predicted
     from read-only calls (for a qube about to be created, from ``created_with``, the
     prefs ``qvm.present`` gives it, and Qubes' defaults for the rest).
+    ``missing_ok``: a qube that does not exist is nothing to change (uninstall).
     """
     ret = _ret(name)
     prefs = dict(prefs or {})
@@ -808,6 +809,9 @@ def qvm_settings(name: str, prefs: dict | None = None, features_enable: list | N
     services_enable = list(services_enable or [])
     services_disable = list(services_disable or [])
     exists = bool(__salt__["qvm.check"](name))
+    if not exists and missing_ok:
+        ret["comment"] = f"qube {name} does not exist: nothing to change"
+        return ret
     if not exists and created_with is None:
         return _fail(ret, f"qube {name} does not exist")
     if _test():
@@ -849,7 +853,394 @@ def qvm_settings(name: str, prefs: dict | None = None, features_enable: list | N
             ret["result"] = False
             ret["comment"] = "\n".join(comments)
             return ret
-    ret["comment"] = "\n".join(comments) or f"{name}: prefs, features and services are as wanted"
+    done = f"changed {', '.join(sorted(ret['changes']))} of {name}" if ret["changes"] else ""
+    ret["comment"] = "\n".join([done] * bool(done) + comments) or f"{name}: prefs, features and services are as wanted"
+    return ret
+
+
+# --------------------------------------------------------------------------------------
+# dom0 touches only what the formula owns
+#
+# The template and sys-cjdns get the feature OWNER_FEATURE (value: their own name) when the
+# formula makes them; an existing qube without it is refused unless pillar adopts it. A
+# client's netvm before it was moved onto sys-cjdns is kept on sys-cjdns as the feature
+# CLIENT_FEATURE + <client> ("default", "none" or a qube name: Qubes forbids "none" and
+# "default" as qube names), which is also the list of clients to restore. The value is the
+# name because qvm-clone copies features: a copy under another name is not the formula's.
+# Only Qubes' qvm module is used; it has no call that lists qubes, so qubes that use
+# sys-cjdns or cjdns-gw without the formula's knowledge are found by Qubes' own refusal.
+# --------------------------------------------------------------------------------------
+
+OWNER_FEATURE = "cjdns-formula-owned"
+CLIENT_FEATURE = "cjdns-formula-client."
+_CLIENT_CLASSES = ("AppVM", "StandaloneVM")
+
+
+def _qube_name_ok(name: Any) -> bool:
+    """Qubes' own rules (qubes-core-admin qubes/vm/__init__.py validate_name)."""
+    import re
+
+    return (isinstance(name, str) and re.fullmatch(_QUBE_NAME, name) is not None
+            and name not in ("none", "default", "Domain-0") and not name.endswith("-dm"))
+
+
+def _qvm_exists(name: str) -> bool:
+    return _qube_name_ok(name) and bool(__salt__["qvm.check"](name))
+
+
+def _qvm_has_pref(name: str, key: str) -> bool:
+    """Whether the qube's class has the property. qubesd answers QubesNoSuchPropertyError for
+    one it lacks (``template`` on a TemplateVM), which qubesadmin raises as an AttributeError
+    (qubes-core-admin-client qubesadmin/exc.py, base.py property_is_default); the qvm module's
+    prefs lets it through. The qvm module has no call that names a qube's class."""
+    try:
+        __salt__["qvm.prefs"](name, get=[key])
+    except AttributeError:
+        return False
+    return True
+
+
+def _qube(name: str) -> dict | None:
+    """What the formula needs to know of a qube, from read-only qvm calls; None if missing."""
+    if not _qvm_exists(name):
+        return None
+    if not _qvm_has_pref(name, "netvm"):
+        return {"name": name, "class": "AdminVM", "features": {}, "power": "Running"}
+    based, dvm = _qvm_has_pref(name, "template"), _qvm_has_pref(name, "template-for-dispvms")
+    klass = {(True, True): "AppVM", (True, False): "DispVM", (False, True): "StandaloneVM",
+             (False, False): "TemplateVM"}[(based, dvm)]
+    keys = ["netvm", "provides-network"] + (["template"] if based else []) + (["template-for-dispvms"] if dvm else [])
+    info = _qvm_listing(__salt__["qvm.prefs"](name, get=keys))
+    info.update(name=name, features=_qvm_flags(__salt__["qvm.features"](name)))
+    info["class"] = klass
+    info["power"] = str(getattr(__salt__["qvm.state"](name), "stdout", "") or "").strip()
+    return info
+
+
+def _a(klass: str) -> str:
+    return f"an {klass}" if klass[0] in "AEIOU" else f"a {klass}"
+
+
+def _owned(info: dict) -> bool:
+    return info["features"].get(OWNER_FEATURE) == info["name"]
+
+
+def _running(info: dict | None) -> bool:
+    """Conservative both ways: a qube counts as running unless halted, a netvm only when running."""
+    return info is not None and info["power"] != "Halted"
+
+
+def _netvm_value(shown: str) -> str | None:
+    return None if shown == "None" else shown
+
+
+def _unowned(key: str, name: str) -> str:
+    return (f"cjdns.qubes.{key}: qube {name!r} exists and was not made by this formula (no feature "
+            f"{OWNER_FEATURE}={name}). Choose a name no qube has, or list it in "
+            f"cjdns:qubes:adopt to let the formula manage {name} from now on")
+
+
+def _upstream(netvm: str, stop: str) -> list[str]:
+    """The netvm chain from ``netvm`` up, as far as it is explicit (a default netvm ends it)."""
+    chain: list[str] = []
+    current: str | None = netvm
+    while current and current not in chain:
+        chain.append(current)
+        if current == stop:
+            break
+        info = _qube(current)
+        current = _netvm_value(info["netvm"]) if info and info["class"] != "AdminVM" else None
+        current = None if current == "*default*" else current
+    return chain
+
+
+def _client_problem(name: str, info: dict | None, upstream: list[str], proxy: str) -> str | None:
+    where = f"cjdns.qubes.clients: qube {name!r}"
+    if info is None:
+        return f"{where} does not exist"
+    if name in upstream:
+        return f"{where} is on {proxy}'s own way out ({' -> '.join([proxy, *upstream])}): it cannot use {proxy}"
+    if info["class"] not in _CLIENT_CLASSES:
+        return f"{where} is {_a(info['class'])}; only AppVMs and StandaloneVMs can use {proxy} as their netvm"
+    if info.get("template_for_dispvms") == "True":
+        return f"{where} is a disposable template (template_for_dispvms, e.g. the management DispVM's); it is not made a client"
+    if info.get("provides_network") == "True":
+        return f"{where} provides network to other qubes; a netvm is not made a client of {proxy}"
+    return None
+
+
+def qubes_owned(name: str, template: str, proxy: str, source_template: str = "", proxy_netvm: str = "",
+                clients: list | None = None, adopt: list | None = None, install: bool = True,
+                wipe: bool = False) -> dict:
+    """Refuse, before anything changes, qubes the formula must not touch.
+
+    The template and sys-cjdns, where they exist, must be of the right class and carry the
+    formula's mark (or be listed in ``adopt``). With ``install``: the source template must be a
+    TemplateVM (or missing: qvm-template installs it), sys-cjdns must be based on the
+    template, its netvm must provide network without a loop, and each client must be an AppVM
+    or StandaloneVM that is no disposable template, no netvm and not on sys-cjdns's way out.
+    Without ``install`` (the uninstall) and with ``wipe``: refused while a client the formula
+    knows of would stay on sys-cjdns, which Qubes would then refuse to remove.
+    Read-only, so a dry run refuses exactly what a real run refuses.
+    """
+    ret = _ret(name)
+    adopted = set(adopt or [])
+    problems = []
+    found = {"template": _qube(template), "proxy": _qube(proxy)}
+    for key, qube, klass in (("template", template, "TemplateVM"), ("proxy", proxy, "AppVM")):
+        info = found[key]
+        if info is None:
+            continue
+        if info["class"] != klass:
+            problems.append(f"cjdns.qubes.{key}: qube {qube!r} is {_a(info['class'])}, not {_a(klass)}")
+        elif not _owned(info) and qube not in adopted:
+            problems.append(_unowned(key, qube))
+    if install:
+        source = _qube(source_template)
+        if source is not None and source["class"] != "TemplateVM":
+            problems.append(f"cjdns.qubes.source_template: qube {source_template!r} is {_a(source['class'])}, not a TemplateVM")
+        info = found["proxy"]
+        if info is not None and info["class"] == "AppVM" and (_owned(info) or proxy in adopted) \
+                and info.get("template") != template:
+            problems.append(f"cjdns.qubes.proxy: qube {proxy!r} is based on {info.get('template')!r}, not on {template}")
+        upstream: list[str] = []
+        netvm = _qube(proxy_netvm)
+        if netvm is None:
+            problems.append(f"cjdns.qubes.proxy_netvm: qube {proxy_netvm!r} does not exist")
+        elif netvm["class"] == "AdminVM" or netvm.get("provides_network") != "True":
+            problems.append(f"cjdns.qubes.proxy_netvm: qube {proxy_netvm!r} does not provide network")
+        else:
+            upstream = _upstream(proxy_netvm, proxy)
+            if proxy in upstream:
+                problems.append(f"cjdns.qubes.proxy_netvm: qube {proxy_netvm!r} reaches the network through {proxy} "
+                                f"({' -> '.join(upstream)}): Qubes refuses netvm loops")
+        for client in clients or []:
+            problem = _client_problem(client, _qube(client), upstream, proxy)
+            if problem:
+                problems.append(problem)
+    if not install and wipe and found["proxy"] is not None and not problems:
+        _steps, notes, staying = _clients_plan(proxy, list(clients or []), restore_all=True)
+        if staying:
+            problems.append(f"cjdns.wipe_identity: {proxy} cannot be removed: it would still be the netvm of "
+                            f"{', '.join(staying)}. Give them another netvm first (qvm-prefs <qube> netvm <netvm>), "
+                            f"or uninstall without wipe_identity")
+            problems += [n for n in notes if n.split(":", 1)[0] in staying]
+    if problems:
+        return _fail(ret, "refused, nothing was changed:\n" + "\n".join(f"- {p}" for p in problems))
+    mine = [qube for key, qube in (("template", template), ("proxy", proxy)) if found[key]]
+    ret["comment"] = f"this formula's (made or adopted): {', '.join(mine) or 'none exists'}"
+    if install and clients:
+        ret["comment"] += f"; clients checked: {', '.join(clients)}"
+    return ret
+
+
+def _features_state(qube: str, **kwargs: Any) -> dict:
+    result = __states__["qvm.features"](qube, **kwargs)
+    return result if isinstance(result, dict) else vars(result)
+
+
+def qube_marked(name: str) -> dict:
+    """Mark a qube as made (or adopted) by the formula: feature OWNER_FEATURE = its name.
+
+    Runs right after the qube is created (or found owned or adopted by ``qubes_owned``).
+    """
+    ret = _ret(name)
+    exists = _qvm_exists(name)
+    current = _qvm_flags(__salt__["qvm.features"](name)).get(OWNER_FEATURE) if exists else None
+    if current == name:
+        ret["comment"] = f"{name} is marked as this formula's ({OWNER_FEATURE})"
+        return ret
+    ret["changes"] = {OWNER_FEATURE: {"old": current, "new": name}}
+    if _test():
+        ret.update(result=None, comment=f"would mark {name} as this formula's ({OWNER_FEATURE}; test mode: nothing written)")
+        return ret
+    if not exists:
+        return _fail(ret, f"qube {name} does not exist")
+    try:
+        result = _features_state(name, set=[{OWNER_FEATURE: name}])
+    except Exception as error:  # qubesadmin errors escape the qvm states as exceptions
+        return _fail(ret, f"qvm.features on {name}: {type(error).__name__}: {error}")
+    if result.get("result") is False:
+        return _fail(ret, f"qvm.features on {name}: {result.get('comment') or result.get('stderr')}")
+    ret["comment"] = f"marked {name} as this formula's ({OWNER_FEATURE})"
+    return ret
+
+
+def _netvm_setting(value: str | None) -> str:
+    """What to give Qubes' qvm.prefs for a netvm ('none' is None for the key `netvm`)."""
+    return "none" if value is None else value
+
+
+def _recorded(previous: str | None) -> str:
+    return "default" if previous == "*default*" else "none" if previous is None else previous
+
+
+def _restored(record: str) -> str | None:
+    return "*default*" if record == "default" else None if record == "none" else record
+
+
+def _clients_plan(proxy: str, clients: list, restore_all: bool) -> tuple[list, list, list]:
+    """What ``qvm_clients`` does, from read-only calls: (steps, notes, still_on_proxy).
+
+    steps: (client, [(kind, old, new)]) with kind "record" (the client's earlier netvm kept on
+    the proxy) or "netvm", in the order they are written. still_on_proxy: clients the
+    formula knows of that keep the proxy as netvm after the steps.
+    """
+    info = _qube(proxy)
+    flags = info["features"] if info else {}
+    records = {k[len(CLIENT_FEATURE):]: v for k, v in flags.items() if k.startswith(CLIENT_FEATURE)}
+    steps: list = []
+    notes: list = []
+    staying: list = []
+    listed = list(clients)
+    for client in sorted(set(records) if restore_all else set(records) - set(listed)):
+        record = records[client]
+        forget = ("record", record, None)
+        current = _qube(client)
+        if current is None:
+            steps.append((client, [forget]))
+            notes.append(f"{client}: no longer exists; skipped")
+            continue
+        if current["netvm"] != proxy:
+            steps.append((client, [forget]))
+            notes.append(f"{client}: uses {current['netvm']} now, not {proxy}; left alone")
+            continue
+        earlier = _restored(record)
+        if earlier not in (None, "*default*"):
+            target = _qube(earlier)
+            if target is None or target.get("provides_network") != "True":
+                notes.append(f"{client}: its earlier netvm {earlier} no longer exists or provides no network; left on {proxy} "
+                             f"(set one by hand: qvm-prefs {client} netvm <qube>)")
+                staying.append(client)
+                continue
+            if _running(current) and target["power"] != "Running":
+                notes.append(f"{client}: running, and its earlier netvm {earlier} is not (Qubes cannot attach a running qube "
+                             f"to a halted netvm); left on {proxy}: start {earlier} or shut {client} down, then apply again")
+                staying.append(client)
+                continue
+        steps.append((client, [("netvm", proxy, earlier), forget]))
+    proxy_up = info is not None and info["power"] == "Running"
+    for client in listed:
+        current = _qube(client)
+        if restore_all:
+            if client not in records and current is not None and current["netvm"] == proxy:
+                notes.append(f"{client}: uses {proxy}, but its earlier netvm was never recorded; left on {proxy} "
+                             f"(set one by hand: qvm-prefs {client} netvm <qube>)")
+                staying.append(client)
+            continue
+        if current is None:
+            notes.append(f"{client}: does not exist")
+            continue
+        if current["netvm"] == proxy:
+            staying.append(client)
+            if client not in records:
+                notes.append(f"{client}: already uses {proxy}, but its earlier netvm was never recorded: "
+                             f"uninstalling will leave it on {proxy}")
+            continue
+        if _running(current) and not proxy_up:
+            notes.append(f"{client}: running, and {proxy} is not (Qubes cannot attach a running qube to a halted netvm): "
+                         f"it keeps netvm {current['netvm']} for now. Start {proxy} once cjdns-formula has set it up, "
+                         f"or shut {client} down, then apply cjdns.dom0 again")
+            continue
+        previous = _netvm_value(current["netvm"])
+        steps.append((client, [("record", records.get(client), _recorded(previous)), ("netvm", previous, proxy)]))
+        staying.append(client)
+    return steps, notes, staying
+
+
+def _client_changes(actions: list) -> dict:
+    names = {"record": "recorded_netvm", "netvm": "netvm"}
+    return {names[kind]: {"old": old, "new": new} for kind, old, new in actions}
+
+
+def qvm_clients(name: str, clients: list | None = None, restore_all: bool = False) -> dict:
+    """Clients of sys-cjdns (``name``): move the listed ones onto it, recording each one's netvm
+    before; give the recorded netvm back to those dropped from ``clients`` (all of them with
+    ``restore_all``, the uninstall), but only while their netvm is still sys-cjdns.
+
+    ``changes`` has, per client, ``netvm`` and ``recorded_netvm`` as old/new; notes say what was
+    left alone and why. A client that cannot be switched now (Qubes refuses a running qube on
+    a halted netvm) is left as it is with a note, not an error. Test mode writes nothing and
+    reports the same changes.
+    """
+    ret = _ret(name)
+    steps, notes, _staying = _clients_plan(name, list(clients or []), restore_all)
+    missing = [n for n in notes if n.endswith(": does not exist")]
+    lines = []
+    failed = []
+    for client, actions in steps:
+        done = []
+        try:
+            for action in actions:
+                if not _test():
+                    _client_write(name, client, action)
+                done.append(action)
+        except Exception as error:  # a Qubes refusal for one client does not stop the others
+            failed.append(f"{client}: {error}")
+        if done:
+            ret["changes"][client] = _client_changes(done)
+        would = "would be " if _test() else ""
+        netvm = [a for a in done if a[0] == "netvm"]
+        if netvm and netvm[0][2] == name:
+            lines.append(f"{client}: {would}moved onto {name} (netvm was {netvm[0][1]}; recorded)")
+        elif netvm:
+            lines.append(f"{client}: {would}given back netvm {netvm[0][2]} (was {name})")
+        elif done:
+            lines.append(f"{client}: record of its earlier netvm {would}dropped")
+    if _test() and ret["changes"]:
+        ret["result"] = None
+        lines.append("(test mode: nothing written)")
+    if failed or missing:
+        ret["result"] = False
+    nothing = f"no client of {name} to give back" if restore_all else f"clients of {name} are as wanted"
+    ret["comment"] = "\n".join(failed + lines + notes) or nothing
+    return ret
+
+
+def _client_write(proxy: str, client: str, action: tuple) -> None:
+    kind, _old, new = action
+    if kind == "record":
+        key = CLIENT_FEATURE + client
+        result = _features_state(proxy, **({"default": [key]} if new is None else {"set": [{key: new}]}))
+    else:
+        result = __states__["qvm.prefs"](client, netvm=_netvm_setting(new))
+        result = result if isinstance(result, dict) else vars(result)
+    if result.get("result") is False:
+        raise RuntimeError(result.get("comment") or result.get("stderr") or "qvm state failed")
+
+
+def qube_absent(name: str, pillar_key: str, adopt: list | None = None, clients: list | None = None) -> dict:
+    """Remove a qube of the formula (``qvm.absent``), reporting the removal in ``changes``.
+
+    Refused for a qube without the formula's mark (unless adopted) and, for sys-cjdns, while a
+    client the formula knows of still uses it (``clients``: the listed ones; the recorded ones
+    are read from it). Test mode predicts the same, including the refusal.
+    """
+    ret = _ret(name)
+    info = _qube(name)
+    if info is None:
+        ret["comment"] = f"{name} does not exist: nothing to remove"
+        return ret
+    if not _owned(info) and name not in set(adopt or []):
+        return _fail(ret, f"{pillar_key}: qube {name!r} was not made by this formula (no feature "
+                          f"{OWNER_FEATURE}={name}); not removed")
+    if clients is not None:
+        _steps, _notes, staying = _clients_plan(name, list(clients), restore_all=True)
+        if staying:
+            return _fail(ret, f"{pillar_key}: {name} not removed: it is still the netvm of {', '.join(staying)}; "
+                              f"give them another netvm first (qvm-prefs <qube> netvm <netvm>)")
+    ret["changes"] = {"removed": name}
+    if _test():
+        ret.update(result=None, comment=f"would remove {name} (qvm-remove; test mode: nothing removed)")
+        return ret
+    try:
+        result = __states__["qvm.absent"](name)
+    except Exception as error:  # qubesadmin errors escape the qvm states as exceptions
+        return _fail(ret, f"qvm.absent on {name}: {type(error).__name__}: {error}")
+    result = result if isinstance(result, dict) else vars(result)
+    if _qvm_exists(name):
+        return _fail(ret, f"{name} not removed: {result.get('comment') or result.get('stderr')}".strip())
+    ret["comment"] = f"removed {name}"
     return ret
 
 
@@ -895,13 +1286,21 @@ def _value_problems(cfg: dict) -> list[str]:
     problems = []
     q = cfg["qubes"]
     for key in ("source_template", "template", "proxy", "proxy_netvm"):
-        if not re.fullmatch(_QUBE_NAME, str(q[key])) or str(q[key]).lower() in ("none", "dom0", "default"):
+        if not _qube_name_ok(q[key]) or str(q[key]).lower() in ("none", "dom0", "default"):
             problems.append(f"cjdns.qubes.{key}: {q[key]!r} is not a valid qube name")
     for client in q["clients"]:
-        if not isinstance(client, str) or not re.fullmatch(_QUBE_NAME, client) or client in ("dom0", q["proxy"], q["template"]):
+        if not _qube_name_ok(client) or client in ("dom0", q["proxy"], q["template"], q["source_template"]):
             problems.append(f"cjdns.qubes.clients: {client!r} is not a qube that can use {q['proxy']} as its netvm")
+    for qube in q["adopt"]:
+        if qube not in (q["template"], q["proxy"]):
+            problems.append(f"cjdns.qubes.adopt: {qube!r} is neither cjdns.qubes.template nor cjdns.qubes.proxy")
     if q["template"] == q["proxy"]:
         problems.append("cjdns.qubes.proxy: must differ from cjdns.qubes.template")
+    if q["source_template"] in (q["template"], q["proxy"]):
+        problems.append("cjdns.qubes.source_template: must differ from cjdns.qubes.template and cjdns.qubes.proxy")
+    repo = q["source_template_fromrepo"]
+    if repo and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", repo):
+        problems.append(f"cjdns.qubes.source_template_fromrepo: {repo!r} is not a repository id (letters, digits, _ . -)")
     if q["proxy_netvm"] == q["proxy"]:
         problems.append("cjdns.qubes.proxy_netvm: sys-cjdns cannot be its own netvm")
     if q["proxy_label"] not in _LABELS:
@@ -944,7 +1343,7 @@ def _merge(default: Any, value: Any) -> Any:
 def pillar_valid(name: str = "cjdns", defaults: dict | None = None) -> dict:
     """Check pillar ``name`` against the formula's defaults: unknown keys (with a did-you-mean),
     types, qube names, labels, ports, install method, peers. Never changes anything.
-    In dom0 it also checks that sys-cjdns's netvm and the client qubes exist.
+    In dom0 it also checks that sys-cjdns's netvm exists.
     """
     ret = _ret(name)
     defaults = defaults or {}
@@ -957,7 +1356,8 @@ def pillar_valid(name: str = "cjdns", defaults: dict | None = None) -> dict:
             problems = [f"{name}: {error}"]
     if not problems and __grains__.get("id") == "dom0" and "qvm.check" in __salt__:
         cfg = _merge(defaults, pillar)["qubes"]
-        for qube, why in [(cfg["proxy_netvm"], "cjdns.qubes.proxy_netvm"), *[(c, "cjdns.qubes.clients") for c in cfg["clients"]]]:
+        # Clients are checked by cjdns.qubes_owned: an uninstall must go on without them.
+        for qube, why in [(cfg["proxy_netvm"], "cjdns.qubes.proxy_netvm")]:
             if not __salt__["qvm.check"](qube):
                 problems.append(f"{why}: qube {qube!r} does not exist")
     if problems:

@@ -22,5 +22,5 @@ include:
 {%- else %}
 cjdns-nothing-for-this-qube:
   test.show_notification:
-    - text: "cjdns: {{ grains['id'] }} is neither {{ cjdns.qubes.template }} nor {{ cjdns.qubes.proxy }}; nothing to do."
+    - text: {{ ("cjdns: " ~ grains["id"] ~ " is neither " ~ cjdns.qubes.template ~ " nor " ~ cjdns.qubes.proxy ~ "; nothing to do.") | json }}
 {%- endif %}

@@ -12,7 +12,7 @@ include:
 
 cjdns-absent-node-stopped:
   service.dead:
-    - name: {{ cjdns.node.service }}
+    - name: {{ cjdns.node.service | json }}
     - enable: false
     - require:
       - cjdns: cjdns-pillar-valid
@@ -20,14 +20,14 @@ cjdns-absent-node-stopped:
 cjdns-absent-node-files:
   file.absent:
     - names:
-      - {{ cjdns.paths.unit }}
-      - {{ cjdns.install.prefix }}/cjdroute
+      - {{ cjdns.paths.unit | json }}
+      - {{ (cjdns.install.prefix ~ "/cjdroute") | json }}
 {%- for tool in cjdns.install.tools %}
-      - {{ cjdns.install.prefix }}/{{ tool }}
+      - {{ (cjdns.install.prefix ~ "/" ~ tool) | json }}
 {%- endfor %}
-      - {{ cjdns.install.source.builddir }}
+      - {{ cjdns.install.source.builddir | json }}
 {%- if cjdns.wipe_identity %}
-      - {{ cjdns.paths.confdir }}
+      - {{ cjdns.paths.confdir | json }}
 {%- endif %}
     - require:
       - service: cjdns-absent-node-stopped

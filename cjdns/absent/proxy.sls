@@ -12,16 +12,16 @@ include:
 
 cjdns-absent-proxy-stopped:
   service.dead:
-    - name: {{ cjdns.node.service }}
+    - name: {{ cjdns.node.service | json }}
     - require:
       - cjdns: cjdns-pillar-valid
 
 cjdns-absent-proxy-files:
   file.absent:
     - names:
-      - {{ cjdns.paths.firewall }}
+      - {{ cjdns.paths.firewall | json }}
 {%- if cjdns.wipe_identity %}
-      - {{ cjdns.paths.confdir }}
+      - {{ cjdns.paths.confdir | json }}
 {%- endif %}
     - require:
       - service: cjdns-absent-proxy-stopped

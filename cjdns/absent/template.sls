@@ -12,20 +12,20 @@ include:
 
 cjdns-absent-template-unit-disabled:
   service.disabled:
-    - name: {{ cjdns.node.service }}
+    - name: {{ cjdns.node.service | json }}
     - require:
       - cjdns: cjdns-pillar-valid
 
 cjdns-absent-template-files:
   file.absent:
     - names:
-      - {{ cjdns.paths.unit }}
-      - {{ cjdns.paths.bind_dirs }}
-      - {{ cjdns.install.prefix }}/cjdroute
+      - {{ cjdns.paths.unit | json }}
+      - {{ cjdns.paths.bind_dirs | json }}
+      - {{ (cjdns.install.prefix ~ "/cjdroute") | json }}
 {%- for tool in cjdns.install.tools %}
-      - {{ cjdns.install.prefix }}/{{ tool }}
+      - {{ (cjdns.install.prefix ~ "/" ~ tool) | json }}
 {%- endfor %}
-      - {{ cjdns.install.source.builddir }}
+      - {{ cjdns.install.source.builddir | json }}
     - require:
       - service: cjdns-absent-template-unit-disabled
 {%- endif %}

@@ -1,5 +1,8 @@
-## cjdns.dom0.clients: the AppVMs listed in pillar use sys-cjdns as their netvm.
-## Pillar: cjdns:qubes:clients (list of qube names).
+## cjdns.dom0.clients: the AppVMs listed in pillar use sys-cjdns as their netvm; the netvm each
+## had before is recorded on sys-cjdns (feature cjdns-formula-client.<qube>). A qube dropped
+## from the list gets its recorded netvm back while it still uses sys-cjdns. A running client
+## is not switched to a halted sys-cjdns (Qubes refuses that); the comment says what to do.
+## Pillar: cjdns:qubes:clients (list of qube names), proxy.
 ## Execute: qubesctl state.apply cjdns.dom0.clients
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- from tplroot ~ "/map.jinja" import cjdns, target with context %}
@@ -10,16 +13,14 @@
 {%- else %}
 include:
   - {{ tplroot }}.pillar
+  - .owned
   - .proxy
-{%- for client in q.clients %}
 
-cjdns-dom0-client-{{ client }}-netvm:
-  cjdns.qvm_settings:
-    - name: {{ client }}
-    - prefs:
-        netvm: {{ q.proxy }}
+cjdns-dom0-clients:
+  cjdns.qvm_clients:
+    - name: {{ q.proxy | json }}
+    - clients: {{ q.clients | json }}
     - require:
-      - cjdns: cjdns-pillar-valid
+      - cjdns: cjdns-dom0-qubes-owned
       - cjdns: cjdns-dom0-proxy-settings
-{%- endfor %}
 {%- endif %}

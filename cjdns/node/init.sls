@@ -18,7 +18,7 @@ include:
 
 cjdns-node-unit:
   file.managed:
-    - name: {{ cjdns.paths.unit }}
+    - name: {{ cjdns.paths.unit | json }}
     - source: salt://{{ tplroot }}/files/cjdns.service.jinja
     - template: jinja
     - context:
@@ -36,7 +36,7 @@ cjdns-node-unit:
 
 cjdns-node-running:
   service.running:
-    - name: {{ cjdns.node.service }}
+    - name: {{ cjdns.node.service | json }}
     - enable: true
     - require:
       - cjdns: cjdns-pillar-valid

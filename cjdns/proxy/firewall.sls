@@ -12,7 +12,7 @@ include:
 
 cjdns-proxy-firewall-rules:
   file.managed:
-    - name: {{ cjdns.paths.firewall }}
+    - name: {{ cjdns.paths.firewall | json }}
     - source: salt://{{ tplroot }}/files/proxy/firewall.jinja
     - template: jinja
     - context:
@@ -26,7 +26,7 @@ cjdns-proxy-firewall-rules:
 
 cjdns-proxy-firewall-loaded:
   cmd.run:
-    - name: {{ cjdns.paths.firewall }}
+    - name: {{ cjdns.paths.firewall | json }}
     - onchanges:
       - file: cjdns-proxy-firewall-rules
     - require:

@@ -16,25 +16,25 @@ include:
 
 cjdns-proxy-confdir-bound:
   cjdns.bound:
-    - name: {{ cjdns.paths.confdir }}
-    - rw_root: {{ cjdns.paths.rw_bind_dirs }}
+    - name: {{ cjdns.paths.confdir | json }}
+    - rw_root: {{ cjdns.paths.rw_bind_dirs | json }}
     - require:
       - cjdns: cjdns-pillar-valid
 
 cjdns-proxy-manual-config-adopted:
   cjdns.adopted:
-    - name: {{ cjdns.paths.config }}
+    - name: {{ cjdns.paths.config | json }}
     - sources:
-      - {{ cjdns.paths.rw_bind_dirs }}{{ cjdns.paths.manual_config }}
-      - {{ cjdns.paths.manual_config }}
-    - backup: {{ cjdns.paths.config }}.manual-backup
+      - {{ (cjdns.paths.rw_bind_dirs ~ cjdns.paths.manual_config) | json }}
+      - {{ cjdns.paths.manual_config | json }}
+    - backup: {{ (cjdns.paths.config ~ ".manual-backup") | json }}
     - require:
       - cjdns: cjdns-proxy-confdir-bound
 
 cjdns-proxy-manual-bind-retired:
   cjdns.bind_entry_absent:
-    - name: {{ cjdns.paths.qube_bind_dirs_dir }}
-    - path: {{ cjdns.paths.manual_config }}
+    - name: {{ cjdns.paths.qube_bind_dirs_dir | json }}
+    - path: {{ cjdns.paths.manual_config | json }}
     - require:
       - cjdns: cjdns-pillar-valid
 

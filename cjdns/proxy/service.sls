@@ -14,7 +14,7 @@ include:
 # still has the old root, so the same unit is put in place here too (volatile, identical).
 cjdns-proxy-unit:
   file.managed:
-    - name: {{ cjdns.paths.unit }}
+    - name: {{ cjdns.paths.unit | json }}
     - source: salt://{{ tplroot }}/files/cjdns.service.jinja
     - template: jinja
     - context:
@@ -28,7 +28,7 @@ cjdns-proxy-unit:
 
 cjdns-proxy-running:
   service.running:
-    - name: {{ cjdns.node.service }}
+    - name: {{ cjdns.node.service | json }}
     - watch:
       - file: cjdns-proxy-unit
       - cjdns: cjdns-proxy-identity

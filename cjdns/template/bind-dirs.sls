@@ -12,7 +12,7 @@ include:
 
 cjdns-template-confdir:
   file.directory:
-    - name: {{ cjdns.paths.confdir }}
+    - name: {{ cjdns.paths.confdir | json }}
     - user: root
     - group: root
     - mode: '0700'
@@ -21,7 +21,7 @@ cjdns-template-confdir:
 
 cjdns-template-bind-dirs:
   file.managed:
-    - name: {{ cjdns.paths.bind_dirs }}
+    - name: {{ cjdns.paths.bind_dirs | json }}
     - source: salt://{{ tplroot }}/files/bind-dirs.conf.jinja
     - template: jinja
     - context:

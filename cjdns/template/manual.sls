@@ -16,7 +16,7 @@ include:
 
 cjdns-template-stock-unit-stopped:
   service.dead:
-    - name: {{ cjdns.node.service }}
+    - name: {{ cjdns.node.service | json }}
     - require:
       - cjdns: cjdns-pillar-valid
 {%- endif %}
@@ -24,21 +24,21 @@ cjdns-template-stock-unit-stopped:
 
 cjdns-template-stock-resume-unit-disabled:
   service.disabled:
-    - name: {{ salt["file.basename"](cjdns.paths.manual_resume_unit) }}
+    - name: {{ salt["file.basename"](cjdns.paths.manual_resume_unit) | json }}
     - require:
       - cjdns: cjdns-pillar-valid
 
 cjdns-template-stock-resume-unit-removed:
   file.absent:
-    - name: {{ cjdns.paths.manual_resume_unit }}
+    - name: {{ cjdns.paths.manual_resume_unit | json }}
     - require:
       - service: cjdns-template-stock-resume-unit-disabled
 {%- endif %}
 
 cjdns-template-manual-bind-retired:
   cjdns.bind_entry_absent:
-    - name: {{ cjdns.paths.template_bind_dirs_dir }}
-    - path: {{ cjdns.paths.manual_config }}
+    - name: {{ cjdns.paths.template_bind_dirs_dir | json }}
+    - path: {{ cjdns.paths.manual_config | json }}
     - require:
       - cjdns: cjdns-pillar-valid
 {%- endif %}

@@ -13,11 +13,11 @@ include:
 
 cjdns-template-no-private-keys:
   cjdns.template_keys_absent:
-    - name: {{ cjdns.paths.template_keys }}
+    - name: {{ cjdns.paths.template_keys | json }}
     - paths:
-      - {{ cjdns.paths.manual_config }}
-      - {{ cjdns.paths.config }}
-    - confdir: {{ cjdns.paths.confdir }}
+      - {{ cjdns.paths.manual_config | json }}
+      - {{ cjdns.paths.config | json }}
+    - confdir: {{ cjdns.paths.confdir | json }}
     - require:
       - cjdns: cjdns-pillar-valid
 {%- endif %}

@@ -13,7 +13,7 @@ include:
 
 cjdns-template-unit:
   file.managed:
-    - name: {{ cjdns.paths.unit }}
+    - name: {{ cjdns.paths.unit | json }}
     - source: salt://{{ tplroot }}/files/cjdns.service.jinja
     - template: jinja
     - context:
@@ -28,7 +28,7 @@ cjdns-template-unit:
 
 cjdns-template-unit-enabled:
   service.enabled:
-    - name: {{ cjdns.node.service }}
+    - name: {{ cjdns.node.service | json }}
     - require:
       - cjdns: cjdns-pillar-valid
       - file: cjdns-template-unit

@@ -264,3 +264,40 @@ def test_sls_can_branch_on_qvm_reads_while_rendering(qubes: Dom0, tmp_path: path
     ret = next(iter(caller.cmd('state.show_sls', 'probe')['probe'].values()))
     args = {k: v for d in ret if isinstance(d, dict) for k, v in d.items()}
     assert (args['exists'], args['netvm']) == (0, 'sys-net')
+
+
+def test_running_qube_cannot_switch_to_a_halted_netvm(qubes: Dom0) -> None:
+    """qubes-core-admin on_property_pre_set_netvm: QubesVMNotStartedError."""
+    qd = qubes_db.Qubesd(qubes.db)
+    qd.run_tool('/usr/bin/qvm-create sys-vpn --class=AppVM --label=blue '
+                '--property=provides_network=True')
+    qd.run_tool('/usr/bin/qvm-create work --class=AppVM --label=red')
+    with qubes_db.transaction(qubes.db) as db:
+        db['domains']['work']['power'] = 'Running'
+    ret = qubes.salt_state('qvm.prefs', 'work', netvm='sys-vpn')
+    assert ret['result'] is False
+    assert 'QubesVMNotStartedError: Cannot dynamically attach to stopped qube sys-vpn' in ret['comment']
+    assert qubes_db.is_default(qubes.db, 'work', 'netvm')
+    qd.set('sys-vpn', 'netvm', 'sys-firewall')
+    qd.run_tool('/usr/bin/qvm-start sys-vpn')
+    qd.set('work', 'netvm', 'sys-vpn')                       # both running: allowed
+    with qubes_db.transaction(qubes.db) as db:
+        db['domains']['sys-firewall']['power'] = 'Halted'
+    with pytest.raises(qubes_db.QubesVMNotStartedError):    # a reset to the default too
+        qd.reset('work', 'netvm')
+    assert qubes_db.pref(qubes.db, 'work', 'netvm') == 'sys-vpn'
+    qd.set('work', 'netvm', None)                           # no netvm: always allowed
+
+
+def test_netvm_loops_are_refused_transitively(qubes: Dom0) -> None:
+    """qubes-core-admin _setter_netvm with app.domains.get_vms_connected_to."""
+    qd = qubes_db.Qubesd(qubes.db)
+    qd.run_tool('/usr/bin/qvm-create sys-cjdns --class=AppVM --label=orange '
+                '--property=provides_network=True --property=netvm=sys-firewall')
+    with pytest.raises(qubes_db.QubesValueError, match='Loops in network are unsupported'):
+        qd.set('sys-net', 'netvm', 'sys-cjdns')             # sys-cjdns -> sys-firewall -> sys-net
+    with pytest.raises(qubes_db.QubesValueError, match='Loops in network are unsupported'):
+        qd.set('sys-firewall', 'netvm', 'sys-firewall')
+    assert qubes_db.pref(qubes.db, 'sys-net', 'netvm') is None
+    ret = qubes.salt_state('qvm.prefs', 'sys-net', netvm='sys-cjdns')
+    assert ret['result'] is False and 'QubesValueError: Loops in network are unsupported' in ret['comment']

@@ -40,6 +40,10 @@ class QubesNoSuchPropertyError(QubesException, AttributeError):
     pass
 
 
+class QubesVMNotStartedError(QubesException):
+    """qubes.exc.QubesVMNotStartedError (a QubesVMError), as qubesadmin re-raises it."""
+
+
 class QubesLabelNotFoundError(QubesException, KeyError):
     def __str__(self) -> str:
         return QubesException.__str__(self)
@@ -264,6 +268,36 @@ def connected_vms(db: dict, name: str) -> list[str]:
             and get_property(db, n, 'netvm') == name]
 
 
+def vms_connected_to(db: dict, name: str) -> set[str]:
+    """Every qube whose network goes through `name`, directly or not
+    (qubes/app.py VMCollection.get_vms_connected_to)."""
+    found: set[str] = set()
+    todo = [name]
+    while todo:
+        for vm in connected_vms(db, todo.pop()):
+            if vm not in found:
+                found.add(vm)
+                todo.append(vm)
+    return found
+
+
+def _is_running(db: dict, name: str) -> bool:
+    return _dom(db, name)['power'] != 'Halted'
+
+
+def _check_netvm(db: dict, name: str, netvm: str | None) -> None:
+    """What qubes-core-admin checks before a qube's netvm changes (v4.2.39 and v4.3.50,
+    qubes/vm/mix/net.py): `_setter_netvm` refuses a loop through any qube downstream
+    (transitively), and `on_property_pre_set_netvm` (also fired by a reset to the default)
+    refuses to attach a running qube to a netvm that is not running."""
+    if netvm is None:
+        return
+    if netvm == name or netvm in vms_connected_to(db, name):
+        raise QubesValueError('Loops in network are unsupported')
+    if _is_running(db, name) and not _is_running(db, netvm):
+        raise QubesVMNotStartedError('Cannot dynamically attach to stopped qube {!s}'.format(netvm))
+
+
 def _convert(db: dict, name: str, prop: str, raw: Any) -> Any:
     """qubesadmin sends str(value) ('' for None); qubesd parses it per type."""
     text = '' if raw is None else str(raw)
@@ -299,8 +333,7 @@ def _convert(db: dict, name: str, prop: str, raw: Any) -> Any:
         if prop == 'netvm':
             if not get_property(db, text, 'provides_network'):
                 raise QubesValueError('The {!s} qube does not provide network'.format(text))
-            if text == name or text in connected_vms(db, name):
-                raise QubesValueError('Loops in network are unsupported')
+            _check_netvm(db, name, text)
         return text
     if prop == 'virt_mode' and text.lower() not in ('hvm', 'pv', 'pvh'):
         raise QubesPropertyValueError(bad)
@@ -331,6 +364,11 @@ def reset_property(db: dict, name: str, prop: str) -> None:
     _check_prop(db, name, prop)
     if prop in ('label', 'template') + _READ_ONLY:
         raise QubesPropertyValueError('Property {!r} has no default'.format(prop))
+    if prop == 'netvm' and not property_is_default(db, name, prop):
+        kept = _dom(db, name)['prefs'].pop(prop)
+        default = get_property(db, name, prop)
+        _dom(db, name)['prefs'][prop] = kept
+        _check_netvm(db, name, default)
     _dom(db, name)['prefs'].pop(prop, None)
     db['journal'].append(['reset', name, prop])
     if prop == 'provides_network':
