@@ -54,6 +54,14 @@ def _test() -> bool:
     return bool(__opts__.get("test"))
 
 
+def _pillar(key: str, default: Any) -> Any:
+    """Pillar ``key`` (``a:b:c``) as given. Not through ``pillar.get``: called from module
+    code, Salt 3008 returns every string there as ``'**********'`` (saltstack/salt#69599)."""
+    import salt.utils.data
+
+    return salt.utils.data.traverse_dict_and_list(__pillar__, key, default)
+
+
 def _guarded(name: str, body: Callable[[dict], dict]) -> dict:
     """Run body under the config's lock; expected errors become result False with their text.
 
@@ -422,7 +430,7 @@ def config(name: str, settings: dict | None = None, secrets_pillar: str | None =
     settings = dict(settings or {})
     if secrets_pillar:
         for key, empty in (("admin_password", ""), ("authorized_passwords", {})):
-            settings.setdefault(key, __salt__["pillar.get"](f"{secrets_pillar}:{key}", empty))
+            settings.setdefault(key, _pillar(f"{secrets_pillar}:{key}", empty))
 
     def body(ret: dict) -> dict:
         cj = _cj()
@@ -464,7 +472,7 @@ def peers(name: str, peers: dict | None = None, pillar_key: str | None = None, e
         (the default), hand-added peers stay, and only peers this formula added earlier
         are removed when pillar no longer lists them.
     """
-    wanted = peers if peers is not None else (__salt__["pillar.get"](pillar_key, {}) if pillar_key else {})
+    wanted = peers if peers is not None else (_pillar(pillar_key, {}) if pillar_key else {})
 
     def body(ret: dict) -> dict:
         cj = _cj()
@@ -948,7 +956,7 @@ def pillar_valid(name: str = "cjdns", defaults: dict | None = None) -> dict:
     """
     ret = _ret(name)
     defaults = defaults or {}
-    pillar = __salt__["pillar.get"](name, {})
+    pillar = _pillar(name, {})
     problems = _shape_problems(pillar, defaults, name)
     if not problems:
         try:
