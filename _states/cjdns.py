@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any, Callable
 
 __virtualname__ = "cjdns"
@@ -871,7 +872,9 @@ _LABELS = ("red", "orange", "yellow", "green", "gray", "blue", "purple", "black"
 
 
 def _type_name(value: Any) -> str:
-    return {bool: "true/false", int: "an integer", str: "a string", list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
+    if isinstance(value, Mapping):
+        return "a mapping"
+    return {bool: "true/false", int: "an integer", str: "a string", list: "a list"}.get(type(value), type(value).__name__)
 
 
 def _shape_problems(value: Any, default: Any, where: str) -> list[str]:
@@ -881,9 +884,11 @@ def _shape_problems(value: Any, default: Any, where: str) -> list[str]:
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
             return [f"{where}: {value!r} must be an integer or null"]
         return []
-    if isinstance(default, bool) != isinstance(value, bool) or not isinstance(value, type(default)):
+    # Salt hands pillar and state arguments over as dict, OrderedDict or (3008) MaskedDict.
+    expected = Mapping if isinstance(default, Mapping) else type(default)
+    if isinstance(default, bool) != isinstance(value, bool) or not isinstance(value, expected):
         return [f"{where}: {value!r} must be {_type_name(default)}"]
-    if not isinstance(default, dict) or where.split(".", 1)[-1] in _FREE_FORM:
+    if not isinstance(default, Mapping) or where.split(".", 1)[-1] in _FREE_FORM:
         return []
     problems = []
     for key, sub in value.items():
@@ -944,7 +949,7 @@ def _value_problems(cfg: dict) -> list[str]:
 
 
 def _merge(default: Any, value: Any) -> Any:
-    if isinstance(default, dict) and isinstance(value, dict):
+    if isinstance(default, Mapping) and isinstance(value, Mapping):
         return {**default, **{k: _merge(default.get(k), v) for k, v in value.items()}}
     return value
 
