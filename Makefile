@@ -6,9 +6,10 @@ PY     := $(VENV)/bin/python
 
 .PHONY: test demo bench venv clean
 
-$(VENV)/.installed: requirements.txt constraints.txt
+$(VENV)/.installed: requirements.txt constraints.txt tests/support/patch_salt.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt
+	$(PY) tests/support/patch_salt.py
 	touch $@
 
 venv: $(VENV)/.installed

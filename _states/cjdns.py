@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any, Callable
 
 __virtualname__ = "cjdns"
@@ -52,6 +53,14 @@ def _fail(ret: dict, message: str) -> dict:
 
 def _test() -> bool:
     return bool(__opts__.get("test"))
+
+
+def _pillar(key: str, default: Any) -> Any:
+    """Pillar ``key`` (``a:b:c``) as given. Not through ``pillar.get``: called from module
+    code, Salt 3008 returns every string there as ``'**********'`` (saltstack/salt#69599)."""
+    import salt.utils.data
+
+    return salt.utils.data.traverse_dict_and_list(__pillar__, key, default)
 
 
 def _guarded(name: str, body: Callable[[dict], dict]) -> dict:
@@ -422,7 +431,7 @@ def config(name: str, settings: dict | None = None, secrets_pillar: str | None =
     settings = dict(settings or {})
     if secrets_pillar:
         for key, empty in (("admin_password", ""), ("authorized_passwords", {})):
-            settings.setdefault(key, __salt__["pillar.get"](f"{secrets_pillar}:{key}", empty))
+            settings.setdefault(key, _pillar(f"{secrets_pillar}:{key}", empty))
 
     def body(ret: dict) -> dict:
         cj = _cj()
@@ -464,7 +473,7 @@ def peers(name: str, peers: dict | None = None, pillar_key: str | None = None, e
         (the default), hand-added peers stay, and only peers this formula added earlier
         are removed when pillar no longer lists them.
     """
-    wanted = peers if peers is not None else (__salt__["pillar.get"](pillar_key, {}) if pillar_key else {})
+    wanted = peers if peers is not None else (_pillar(pillar_key, {}) if pillar_key else {})
 
     def body(ret: dict) -> dict:
         cj = _cj()
@@ -1254,7 +1263,9 @@ _LABELS = ("red", "orange", "yellow", "green", "gray", "blue", "purple", "black"
 
 
 def _type_name(value: Any) -> str:
-    return {bool: "true/false", int: "an integer", str: "a string", list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
+    if isinstance(value, Mapping):
+        return "a mapping"
+    return {bool: "true/false", int: "an integer", str: "a string", list: "a list"}.get(type(value), type(value).__name__)
 
 
 def _shape_problems(value: Any, default: Any, where: str) -> list[str]:
@@ -1264,9 +1275,11 @@ def _shape_problems(value: Any, default: Any, where: str) -> list[str]:
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
             return [f"{where}: {value!r} must be an integer or null"]
         return []
-    if isinstance(default, bool) != isinstance(value, bool) or not isinstance(value, type(default)):
+    # Salt hands pillar and state arguments over as dict, OrderedDict or (3008) MaskedDict.
+    expected = Mapping if isinstance(default, Mapping) else type(default)
+    if isinstance(default, bool) != isinstance(value, bool) or not isinstance(value, expected):
         return [f"{where}: {value!r} must be {_type_name(default)}"]
-    if not isinstance(default, dict) or where.split(".", 1)[-1] in _FREE_FORM:
+    if not isinstance(default, Mapping) or where.split(".", 1)[-1] in _FREE_FORM:
         return []
     problems = []
     for key, sub in value.items():
@@ -1335,7 +1348,7 @@ def _value_problems(cfg: dict) -> list[str]:
 
 
 def _merge(default: Any, value: Any) -> Any:
-    if isinstance(default, dict) and isinstance(value, dict):
+    if isinstance(default, Mapping) and isinstance(value, Mapping):
         return {**default, **{k: _merge(default.get(k), v) for k, v in value.items()}}
     return value
 
@@ -1347,7 +1360,7 @@ def pillar_valid(name: str = "cjdns", defaults: dict | None = None) -> dict:
     """
     ret = _ret(name)
     defaults = defaults or {}
-    pillar = __salt__["pillar.get"](name, {})
+    pillar = _pillar(name, {})
     problems = _shape_problems(pillar, defaults, name)
     if not problems:
         try:
