@@ -1,18 +1,27 @@
-"""An emulated Qubes host for the formula: dom0 (the qvm test double), the template cjdns-gw
-and the AppVM sys-cjdns (mount namespaces, tests/emulation/qube.py), each with its own Salt
-minion config and pillar as qubesctl would render it."""
+"""An emulated Qubes host for the formula, driven the way qubesctl drives a real one.
+
+* dom0: `salt-call --local` with the formula and the `qvm` test double (tests/emulation/qubes),
+  pillar = pillar.example + overrides, given to every minion id, plus what Qubes' own pillar
+  says of each qube (`qubes:type`, `qubes:template`).
+* cjdns-gw (TemplateVM) and sys-cjdns (AppVM, ProxyVM type, Qubes service `cjdns`): Debian 13
+  systems booted under their own systemd (tests/emulation/qube.py), reached only by salt-ssh
+  from an emulated management DispVM (tests/support/qubesctl.py), with their pillar rendered by
+  dom0 per target. Like qubesctl, an apply starts a halted qube and shuts it down afterwards.
+* upstream cjdns: a local git repository (fake_cjdns_repo.py) the template builds from.
+"""
 
 import copy
-import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from support.saltenv import REPO, TESTS, SaltEnv
+from support.qubesctl import ManagementDispVM
+from support.saltenv import REPO, TESTS, SaltEnv, SaltResult
 
 EMULATION = TESTS / "emulation"
 for extra in (EMULATION, EMULATION / "qubes"):
@@ -24,14 +33,17 @@ from fake_cjdns_repo import make_repo  # noqa: E402
 from qube import AppVM, Template  # noqa: E402
 
 PILLAR_EXAMPLE = yaml.safe_load((REPO / "pillar.example").read_text())
-QUBES_NFT = EMULATION / "qubes_nft" / "base.nft"
+QUBE_PYTHON = "/usr/bin/python3"
 
 
-def namespaces_work() -> bool:
-    if os.geteuid() != 0:
-        return False
-    probe = subprocess.run(["unshare", "--mount", "--pid", "--fork", "--net", "true"], capture_output=True)
-    return probe.returncode == 0
+def containers_work() -> bool:
+    """Root, with systemd-nspawn and debootstrap: what the booted qubes need."""
+    return os.geteuid() == 0 and all(
+        subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True).returncode == 0
+        for tool in ("systemd-nspawn", "debootstrap", "nsenter"))
+
+
+namespaces_work = containers_work
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -47,7 +59,9 @@ class Lab:
     def __init__(self, workdir: Path, pillar: dict | None = None, version: str = "4.2") -> None:
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.repo = make_repo(self.dir / "upstream-cjdns")
+        upstream = self.dir / "upstream"
+        upstream.mkdir(exist_ok=True)
+        self.repo = make_repo(upstream / "cjdns", python=QUBE_PYTHON)
         base = deep_merge(PILLAR_EXAMPLE, {"cjdns": {
             "qubes": {"clients": ["personal"]},
             "install": {"source": {"repo": f"file://{self.repo}", "proxy": "", "build_deps": ["git"]}},
@@ -59,36 +73,47 @@ class Lab:
         self.dom0 = SaltEnv(self.dir / "salt-dom0", pillar=self.pillar, minion_id="dom0",
                             extra_module_dirs=[EMULATION / "qubes"],
                             opts={"qvm_emulation_db": self.db, "qvm_emulation_version": version})
-        self.template = Template("cjdns-gw", self.dir / "qubes", shared=[self.dir])
-        self.proxy = AppVM("sys-cjdns", self.dir / "qubes", self.template, services={"cjdns"},
-                           vm_type="ProxyVM", shared=[self.dir])
-        self.template_salt = self._qube_salt("cjdns-gw", "template")
-        self.proxy_salt = self._qube_salt("sys-cjdns", "app")
+        qubes = self.dir / "qubes"
+        self.template = Template("cjdns-gw", qubes, shared=[upstream])
+        self.proxy = AppVM("sys-cjdns", qubes, self.template, services={"cjdns"},
+                           vm_type="ProxyVM", shared=[upstream])
+        self.dispvm = ManagementDispVM(self.dir / "disp-mgmt", self.dom0, qubes)
+        self._write_qubes_pillar()
 
-    def _qube_salt(self, name: str, qtype: str) -> SaltEnv:
-        pillar = deep_merge(self.pillar, {"qubes": {"type": qtype, "template": "cjdns-gw" if qtype == "app" else ""}})
-        return SaltEnv(self.dir / f"salt-{name}", pillar=pillar, minion_id=name)
+    def _write_qubes_pillar(self) -> None:
+        """What Qubes' dom0 pillar says of each qube, beside the user's pillar `test`."""
+        top = {"base": {"*": ["test"]}}
+        for qube, qtype in (("cjdns-gw", "template"), ("sys-cjdns", "app")):
+            sls = f"qubes-{qube}"
+            facts = {"type": qtype, "template": "cjdns-gw" if qtype == "app" else ""}
+            (self.dom0.pillar_dir / f"{sls}.sls").write_text(yaml.safe_dump({"qubes": facts}))
+            top["base"][qube] = [sls]
+        (self.dom0.pillar_dir / "top.sls").write_text(yaml.safe_dump(top))
+
+    def qube(self, where: str) -> Template | AppVM:
+        return {"template": self.template, "proxy": self.proxy}[where]
 
     def set_pillar(self, override: dict) -> None:
         self.pillar = deep_merge(self.pillar, override)
         self.dom0.set_pillar(self.pillar)
-        for env, qtype in ((self.template_salt, "template"), (self.proxy_salt, "app")):
-            env.set_pillar(deep_merge(self.pillar, {"qubes": {"type": qtype}}))
+        self._write_qubes_pillar()
 
-    def apply(self, where: str, *args: str, log_level: str = "quiet") -> Any:
-        """state.apply in dom0, the template or sys-cjdns; returns the SaltResult."""
+    def apply(self, where: str, *args: str, log_level: str = "quiet") -> SaltResult:
+        """`qubesctl state.apply ARGS` in dom0, or `qubesctl --skip-dom0 --targets=QUBE …`."""
         if where == "dom0":
             return self.dom0.call("state.apply", *args, log_level=log_level)
-        qube, env = (self.template, self.template_salt) if where == "template" else (self.proxy, self.proxy_salt)
-        if where == "proxy":
-            self.load_qubes_firewall()
-        return env.call("state.apply", *args, log_level=log_level, runner=lambda argv: qube.run(argv, timeout=300))
+        return self.call(where, "state.apply", *args, log_level=log_level)
 
-    def load_qubes_firewall(self) -> None:
-        """Qubes' own nftables ruleset of a network-providing qube, as qubes-iptables loads it."""
-        if not self.proxy.running or self.proxy.run(["nft", "list", "table", "ip6", "qubes"]).returncode != 0:
-            result = self.proxy.run(["nft", "-f", str(QUBES_NFT)])
-            assert result.returncode == 0, result.stderr
+    def call(self, where: str, *args: str, log_level: str = "quiet") -> SaltResult:
+        """Any Salt function in the template or sys-cjdns, through salt-ssh as qubesctl does."""
+        qube = self.qube(where)
+        was_running = qube.running
+        qube.boot()
+        try:
+            return self.dispvm.salt_ssh(qube.name, *args, log_level=log_level)
+        finally:
+            if not was_running:
+                qube.shutdown()
 
     def cleanup(self) -> None:
         for qube in (self.proxy, self.template):
@@ -97,8 +122,6 @@ class Lab:
 
 def wait_for_output(qube: Any, argv: list, text: str, timeout: float = 10.0) -> str:
     """Run argv in the qube until its output contains text (services start asynchronously)."""
-    import time
-
     deadline = time.monotonic() + timeout
     while True:
         output = qube.run(argv).stdout

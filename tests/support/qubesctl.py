@@ -1,0 +1,84 @@
+"""What `qubesctl --skip-dom0 --targets=QUBE state.apply …` does for a qube, with real salt-ssh.
+
+QubesOS/qubes-mgmt-salt (qubessalt/__init__.py, qubes.SaltLinuxVM, ssh-wrapper): dom0 renders
+the target's pillar (`qubesctl --dom0-only --id=QUBE pillar.items`), copies its Salt tree and
+that pillar into a management DisposableVM, which runs `salt-ssh -w QUBE …` with a roster naming
+the qube and an `ssh` on PATH that is really the qube's root shell over qrexec. The formula's
+_modules/_states travel in salt-ssh's ext_mods, and run on the qube's own /usr/bin/python3 with
+Salt's thin. Here the DispVM is a directory with the master config, the rendered pillar and the
+roster; salt-ssh is the test venv's (Qubes' Salt version and patches); the qrexec side is
+tests/emulation/vm/bin/ (ssh wrapper, qrexec-client-vm into the booted qube).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from support.saltenv import TESTS, SaltEnv, SaltResult
+
+SALT_SSH = Path(sys.executable).with_name("salt-ssh")
+WRAPPERS = TESTS / "emulation" / "vm" / "bin"
+
+
+class ManagementDispVM:
+    """One DispVM's worth of salt-ssh configuration for one target qube."""
+
+    def __init__(self, base: Path, dom0: SaltEnv, qubes_dir: Path) -> None:
+        self.base = base
+        self.dom0 = dom0
+        self.qubes_dir = qubes_dir
+        self.conf = base / "conf"
+        self.pillar_dir = base / "pillar"
+        self.root = base / "root"
+        for directory in (self.conf, self.pillar_dir, self.root / "pki" / "ssh"):
+            directory.mkdir(parents=True, exist_ok=True)
+        # salt-ssh makes a key pair with ssh-keygen unless one exists; qrexec needs none.
+        for name in ("salt-ssh.rsa", "salt-ssh.rsa.pub"):
+            (self.root / "pki" / "ssh" / name).touch(mode=0o600)
+        dom0_opts = yaml.safe_load((dom0.conf / "minion").read_text())
+        config = {
+            "root_dir": str(self.root),
+            "pki_dir": str(self.root / "pki"),
+            "cachedir": str(self.root / "cache"),
+            "sock_dir": str(self.root / "sock"),
+            "log_file": str(self.root / "log" / "master"),
+            "ssh_log_file": str(self.root / "log" / "ssh"),
+            "file_roots": dom0_opts["file_roots"],
+            "pillar_roots": {"base": [str(self.pillar_dir)]},
+            "verify_env": False,
+            "log_level_logfile": "debug",
+        }
+        (self.conf / "master").write_text(yaml.safe_dump(config))
+
+    def render_pillar(self, qube: str) -> dict[str, Any]:
+        """The target's pillar as dom0 renders it, without dom0's `master` key (as qubesctl)."""
+        result = self.dom0.call(f"--id={qube}", "pillar.items")
+        if result.rc != 0 or not isinstance(result.data, dict):
+            raise AssertionError(f"dom0 could not render the pillar of {qube}: {result.stderr[-2000:]}")
+        pillar = {k: v for k, v in result.data.items() if k != "master"}
+        (self.pillar_dir / "combined.sls").write_text(yaml.safe_dump(pillar))
+        (self.pillar_dir / "top.sls").write_text(yaml.safe_dump({"base": {qube: ["combined"]}}))
+        (self.base / "roster").write_text(yaml.safe_dump({qube: {"host": qube}}))
+        return pillar
+
+    def salt_ssh(self, qube: str, *args: str, log_level: str = "quiet", timeout: float = 600) -> SaltResult:
+        self.render_pillar(qube)
+        env = {**os.environ, "PATH": f"{WRAPPERS}:{SALT_SSH.parent}:{os.environ.get('PATH', '')}",
+               "QUBES_EMULATION_RUN": str(self.qubes_dir)}
+        argv = [str(SALT_SSH), "-c", str(self.conf), f"--roster-file={self.base / 'roster'}", "-w",
+                "--out=json", "-l", log_level, qube, *args]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+        data = None
+        if proc.stdout.strip():
+            try:
+                data = json.loads(proc.stdout).get(qube)
+            except ValueError:
+                data = None
+        return SaltResult(proc.returncode, data, proc.stdout, proc.stderr)
