@@ -14,7 +14,6 @@ leaves every file as it was. ``changes`` never holds a private key or a password
         - name: /etc/cjdns/cjdroute.conf
 """
 
-import contextlib
 import hashlib
 import json
 import os
@@ -68,6 +67,12 @@ def _guarded(name: str, body: Callable[[dict], dict]) -> dict:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         with cj.locked(name):
             return body(ret)
+    except cj.CryptographyMissing as error:
+        # Under test=True the package state before this one has only predicted its install.
+        if _test():
+            ret.update(result=None, changes={}, comment=f"test mode: {error}; a real run needs it installed first")
+            return ret
+        return _fail(ret, str(error))
     except cj.ConfigSyntaxError as error:
         return _fail(ret, f"{name}:{error.line}:{error.column}: {error.reason}")
     except (cj.CjdnsError, OSError) as error:
@@ -132,6 +137,11 @@ def _shared_reason(cj: Any, private_key: str, public: str, compromised: set,
     return None
 
 
+def _new_identity(cj: Any) -> Any:
+    """A new key pair; a dry run makes none (and needs no X25519): its changes show NEW_KEY."""
+    return cj.Identity("0" * 64, NEW_KEY, NEW_KEY) if _test() else cj._keypair()
+
+
 def identity(name: str, compromised_keys: list | None = None, template_keys: str | None = None,
              check_beneath: bool = True, beneath_paths: list | None = None, udp_port: int = 0, admin_bind: str = "127.0.0.1:11234",
              tun_device: str = "tun0") -> dict:
@@ -161,7 +171,7 @@ def identity(name: str, compromised_keys: list | None = None, template_keys: str
         cj = _cj()
         old = _read(name)
         if old is None:
-            ident = cj._keypair()
+            ident = _new_identity(cj)
             password = cj.random_password(40)
             new = cj.new_config(ident, int(udp_port), admin_bind, password, tun_device)
             ret["changes"] = {"public_key": {"old": None, "new": ident.public_key},
@@ -188,7 +198,7 @@ def identity(name: str, compromised_keys: list | None = None, template_keys: str
             beneath = [name, *(beneath_paths or [])] if check_beneath else []
             replace_reason = _shared_reason(cj, private, before.public_key, compromised, template_keys, beneath)
         if replace_reason:
-            ident = cj._keypair()
+            ident = _new_identity(cj)
         else:
             ident = before
         new = old
@@ -515,6 +525,7 @@ def template_keys_absent(name: str, paths: list | None = None, confdir: str | No
             if os.path.isfile(os.path.join(confdir, f)) and not os.path.islink(os.path.join(confdir, f))
         )
     found: dict[str, str | None] = {}
+    missing = None
     for path in dict.fromkeys(candidates):
         try:
             private = cj.private_key_in(cj.read_text(path))
@@ -526,6 +537,11 @@ def template_keys_absent(name: str, paths: list | None = None, confdir: str | No
             found[path] = cj.public_key(private)
         except cj.KeyFormatError:
             found[path] = None
+        except cj.CryptographyMissing as error:
+            # Removing the key without recording its public half would let a qube keep it.
+            if not _test():
+                return _fail(ret, str(error))
+            found[path], missing = None, error
     known = cj.read_public_keys(name)
     publics = sorted({p for p in found.values() if p} - known)
     if not found and not publics:
@@ -541,6 +557,8 @@ def template_keys_absent(name: str, paths: list | None = None, confdir: str | No
     if _test():
         ret["result"] = None
         ret["comment"] = f"would remove the template's private key from {described}: {why}"
+        if missing:
+            ret["comment"] += f" (and record its public half, which needs X25519: {missing})"
         return ret
     try:
         if publics:
@@ -1058,9 +1076,15 @@ def adopted(name: str, sources: list | None = None, backup: str | None = None) -
     for path in legacy:
         private = cj.private_key_in(cj.file_beneath_mount(path) or "") if _mounted(path) else None
         if private:
-            with contextlib.suppress(cj.KeyFormatError):
-                found = __context__.setdefault("cjdns.template_public_keys", {})
-                found[cj.public_key(private)] = path
+            try:
+                public = cj.public_key(private)
+            except cj.KeyFormatError:
+                continue
+            except cj.CryptographyMissing as error:
+                if not _test():
+                    return _fail(ret, str(error))
+                continue
+            __context__.setdefault("cjdns.template_public_keys", {})[public] = path
     ret["changes"] = {"adopted": {"old": source, "new": name}, "backup": backup, "removed": [source, *legacy]}
     if _test():
         __context__.setdefault("cjdns.preview", {})[os.path.abspath(name)] = text
