@@ -906,6 +906,23 @@ def _shape_problems(value: Any, default: Any, where: str) -> list[str]:
     return problems
 
 
+# Debian Policy 5.6.1: lower case letters, digits, "+", "-", "."; at least two characters,
+# starting with a letter or digit (so never an apt option).
+_DEBIAN_PACKAGE = r"[a-z0-9][a-z0-9+.-]+"
+
+
+def _package_problems(packages: dict) -> list[str]:
+    import re
+
+    problems = []
+    for key, names in packages.items():
+        for index, name in enumerate(names):
+            if not isinstance(name, str) or not re.fullmatch(_DEBIAN_PACKAGE, name):
+                problems.append(f"cjdns.packages.{key}[{index}]: {name!r:.80} is not a Debian package name "
+                                "(lower-case letters, digits, '+', '-', '.'; starts with a letter or digit)")
+    return problems
+
+
 def _value_problems(cfg: dict) -> list[str]:
     import re
 
@@ -930,6 +947,7 @@ def _value_problems(cfg: dict) -> list[str]:
         problems.append(f"cjdns.qubes.proxy_vcpus: {q['proxy_vcpus']} must be 1-64")
     if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,63}", q["service_flag"]):
         problems.append(f"cjdns.qubes.service_flag: {q['service_flag']!r} is not a Qubes service name")
+    problems += _package_problems(cfg["packages"])
     install = cfg["install"]
     problems += [f"cjdns.{p}" for p in _check_install_args(
         install["method"], install["source"]["rev"], install["source"]["repo"],
