@@ -4,6 +4,8 @@ comment-preserving edits, peer validation and merging, and safe writes.
 
 It imports and tests as plain Python; Salt's dunders are used only in the public Salt
 functions at the bottom of the file. No function returns a private key or a password.
+Only X25519 (a new key, the public key of a private one) needs the `cryptography` library,
+imported on first use; without it those raise CryptographyMissing, and the rest works.
 
 CLI examples::
 
@@ -17,6 +19,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import importlib
 import ipaddress
 import os
 import re
@@ -27,14 +30,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
-try:
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
-    _HAS_CRYPTOGRAPHY = True
-except ImportError:  # pragma: no cover - reported by __virtual__
-    _HAS_CRYPTOGRAPHY = False
-
 __virtualname__ = "cjdns"
 
 # The formula's defaults live in cjdns/defaults.yaml; these mirror the ones the module
@@ -44,8 +39,9 @@ HIDDEN = "<hidden>"
 
 
 def __virtual__():
-    if not _HAS_CRYPTOGRAPHY:
-        return (False, "cjdns: the python 'cryptography' library (X25519) is not installed")
+    # No library check: only X25519 needs `cryptography`, which Salt's thin (salt-ssh, so
+    # qubesctl in a qube) does not carry. Parsing, peers, status and pillar checks work
+    # without it, and the formula's package states install it before the key states run.
     return __virtualname__
 
 
@@ -77,6 +73,17 @@ class ConfigSyntaxError(CjdnsError):
 
 class ConfigError(CjdnsError):
     """A config that parses but cannot be used or edited as asked."""
+
+
+class CryptographyMissing(CjdnsError):
+    """X25519 (making a key, or the public key of a private one) without `cryptography`."""
+
+
+CRYPTOGRAPHY_MISSING = (
+    "cjdns keys (X25519) need the Python library 'cryptography', which cannot be imported here: "
+    "install the Debian package python3-cryptography (apt-get install python3-cryptography) "
+    "or the pip package cryptography (pip install cryptography)"
+)
 
 
 class PeerError(CjdnsError):
@@ -202,9 +209,29 @@ def _private_bytes(private_key: Any) -> bytes:
     return bytes.fromhex(private_key)
 
 
+_X25519: tuple | None = None
+
+
+def _x25519() -> tuple:
+    """(X25519PrivateKey.from_private_bytes, Encoding.Raw, PublicFormat.Raw), imported on first
+    use; CryptographyMissing without the library."""
+    global _X25519
+    if _X25519 is None:
+        # The library may have been installed since this process started (pkg.installed
+        # earlier in the same run): do not trust the import system's cached directory listings.
+        importlib.invalidate_caches()
+        try:
+            from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+            from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+        except ImportError:
+            raise CryptographyMissing(CRYPTOGRAPHY_MISSING) from None
+        _X25519 = (X25519PrivateKey.from_private_bytes, Encoding.Raw, PublicFormat.Raw)
+    return _X25519
+
+
 def _raw_public(private_raw: bytes) -> bytes:
-    key = X25519PrivateKey.from_private_bytes(private_raw)
-    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    from_private_bytes, raw, raw_format = _X25519 or _x25519()
+    return from_private_bytes(private_raw).public_key().public_bytes(raw, raw_format)
 
 
 def public_key(private_key: str) -> str:
@@ -1325,6 +1352,25 @@ def new_config(ident: Identity, port: int, admin_bind: str, admin_password: str,
 # --------------------------------------------------------------------------------------
 
 
+def _stated_identity_problems(private: Any, data: dict) -> list[str]:
+    """What can be checked of a config's identity without X25519: the private key's format,
+    and that ipv6 is publicKey's address (SHA-512 only)."""
+    errors = []
+    try:
+        _private_bytes(private)
+    except KeyFormatError as error:
+        errors.append(f"privateKey: {error}")
+    if "publicKey" in data:
+        try:
+            ip6 = address(data["publicKey"])
+        except KeyFormatError as error:
+            errors.append(f"publicKey: {error}")
+        else:
+            if "ipv6" in data and data["ipv6"] != ip6:
+                errors.append(f"ipv6: {data['ipv6']!r} does not belong to publicKey (it gives {ip6})")
+    return errors
+
+
 def config_problems(data: dict) -> tuple[list[str], list[str]]:
     """(errors, warnings) for a parsed config: what would stop cjdroute, and what is odd."""
     errors: list[str] = []
@@ -1337,6 +1383,9 @@ def config_problems(data: dict) -> tuple[list[str], list[str]]:
             ident = identity_of(private)
         except KeyFormatError as error:
             errors.append(f"privateKey: {error}")
+        except CryptographyMissing:
+            errors += _stated_identity_problems(private, data)
+            warnings.append(f"publicKey: not checked against privateKey: {CRYPTOGRAPHY_MISSING}")
         else:
             for name, expected in (("publicKey", ident.public_key), ("ipv6", ident.ipv6)):
                 if name in data and data[name] != expected:
@@ -1370,6 +1419,14 @@ def _command_error(message: str) -> Exception:
     except ImportError:  # plain-Python use
         return CjdnsError(message)
     return CommandExecutionError(message)
+
+
+def _require_x25519() -> None:
+    """For the Salt functions that make or check keys: a missing library is their error."""
+    try:
+        _x25519()
+    except CryptographyMissing as error:
+        raise _command_error(str(error)) from None
 
 
 def _config_path(path: str | None) -> str:
@@ -1446,6 +1503,7 @@ def identity(path: str | None = None) -> dict:
     errors = [e for e in config_problems(data)[0] if e.split(":")[0] in ("privateKey", "publicKey", "ipv6")]
     if errors:
         raise _command_error(f"{path}: " + "; ".join(errors))
+    _require_x25519()
     ident = identity_of(data["privateKey"])
     return {"path": path, "public_key": ident.public_key, "ipv6": ident.ipv6}
 
@@ -2112,6 +2170,7 @@ def regenerate_identity(path: str | None = None) -> dict:
         salt-call cjdns.regenerate_identity
     """
     path = _config_path(path)
+    _require_x25519()
     with locked(path):
         doc = _load(path)
         _require_strict(doc)
@@ -2140,6 +2199,7 @@ def credentials(user: str | None = None, path: str | None = None, endpoint: str 
     """
     path = _config_path(path)
     data = _load(path).data()
+    _require_x25519()
     ident = identity_of(data["privateKey"])
     port = None
     for block in _udp_interfaces(data)[1]:
@@ -2260,8 +2320,19 @@ def _tun_addresses() -> dict:
     return found
 
 
+def _stated_identity(data: dict) -> Identity | None:
+    """The identity a config states (publicKey, and its address), unchecked against privateKey."""
+    try:
+        return Identity("", data["publicKey"], address(data["publicKey"]))
+    except (KeyError, KeyFormatError):
+        return None
+
+
 def status(path: str | None = None, timeout: float = ADMIN_TIMEOUT) -> dict:
     """The node at a glance: identity, peers configured and established, admin API, TUN address.
+
+    Without the ``cryptography`` library the identity is the one the config states
+    (``identity_checked: False``).
 
     CLI Example::
 
@@ -2269,7 +2340,11 @@ def status(path: str | None = None, timeout: float = ADMIN_TIMEOUT) -> dict:
     """
     path = _config_path(path)
     data = _load(path).data()
-    ident = identity_of(data["privateKey"]) if isinstance(data.get("privateKey"), str) else None
+    checked = isinstance(data.get("privateKey"), str)
+    try:
+        ident = identity_of(data["privateKey"]) if checked else None
+    except CryptographyMissing:
+        ident, checked = _stated_identity(data), False
     configured = configured_peers(data)
     tun = get_path(data, ("router", "interface", "tunDevice"))
     addresses = _tun_addresses()
@@ -2278,6 +2353,8 @@ def status(path: str | None = None, timeout: float = ADMIN_TIMEOUT) -> dict:
         "path": path,
         "public_key": ident.public_key if ident else None,
         "ipv6": ident.ipv6 if ident else None,
+        # False: public key and address as the file states them, not derived from privateKey.
+        "identity_checked": checked,
         "tun_device": tun,
         "address_up": bool(up_on),
         "address_on": up_on,

@@ -14,7 +14,6 @@ leaves every file as it was. ``changes`` never holds a private key or a password
         - name: /etc/cjdns/cjdroute.conf
 """
 
-import contextlib
 import hashlib
 import json
 import os
@@ -77,6 +76,12 @@ def _guarded(name: str, body: Callable[[dict], dict]) -> dict:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         with cj.locked(name):
             return body(ret)
+    except cj.CryptographyMissing as error:
+        # Under test=True the package state before this one has only predicted its install.
+        if _test():
+            ret.update(result=None, changes={}, comment=f"test mode: {error}; a real run needs it installed first")
+            return ret
+        return _fail(ret, str(error))
     except cj.ConfigSyntaxError as error:
         return _fail(ret, f"{name}:{error.line}:{error.column}: {error.reason}")
     except (cj.CjdnsError, OSError) as error:
@@ -141,6 +146,11 @@ def _shared_reason(cj: Any, private_key: str, public: str, compromised: set,
     return None
 
 
+def _new_identity(cj: Any) -> Any:
+    """A new key pair; a dry run makes none (and needs no X25519): its changes show NEW_KEY."""
+    return cj.Identity("0" * 64, NEW_KEY, NEW_KEY) if _test() else cj._keypair()
+
+
 def identity(name: str, compromised_keys: list | None = None, template_keys: str | None = None,
              check_beneath: bool = True, beneath_paths: list | None = None, udp_port: int = 0, admin_bind: str = "127.0.0.1:11234",
              tun_device: str = "tun0") -> dict:
@@ -170,7 +180,7 @@ def identity(name: str, compromised_keys: list | None = None, template_keys: str
         cj = _cj()
         old = _read(name)
         if old is None:
-            ident = cj._keypair()
+            ident = _new_identity(cj)
             password = cj.random_password(40)
             new = cj.new_config(ident, int(udp_port), admin_bind, password, tun_device)
             ret["changes"] = {"public_key": {"old": None, "new": ident.public_key},
@@ -197,7 +207,7 @@ def identity(name: str, compromised_keys: list | None = None, template_keys: str
             beneath = [name, *(beneath_paths or [])] if check_beneath else []
             replace_reason = _shared_reason(cj, private, before.public_key, compromised, template_keys, beneath)
         if replace_reason:
-            ident = cj._keypair()
+            ident = _new_identity(cj)
         else:
             ident = before
         new = old
@@ -524,6 +534,7 @@ def template_keys_absent(name: str, paths: list | None = None, confdir: str | No
             if os.path.isfile(os.path.join(confdir, f)) and not os.path.islink(os.path.join(confdir, f))
         )
     found: dict[str, str | None] = {}
+    missing = None
     for path in dict.fromkeys(candidates):
         try:
             private = cj.private_key_in(cj.read_text(path))
@@ -535,6 +546,11 @@ def template_keys_absent(name: str, paths: list | None = None, confdir: str | No
             found[path] = cj.public_key(private)
         except cj.KeyFormatError:
             found[path] = None
+        except cj.CryptographyMissing as error:
+            # Removing the key without recording its public half would let a qube keep it.
+            if not _test():
+                return _fail(ret, str(error))
+            found[path], missing = None, error
     known = cj.read_public_keys(name)
     publics = sorted({p for p in found.values() if p} - known)
     if not found and not publics:
@@ -550,6 +566,8 @@ def template_keys_absent(name: str, paths: list | None = None, confdir: str | No
     if _test():
         ret["result"] = None
         ret["comment"] = f"would remove the template's private key from {described}: {why}"
+        if missing:
+            ret["comment"] += f" (and record its public half, which needs X25519: {missing})"
         return ret
     try:
         if publics:
@@ -1292,6 +1310,23 @@ def _shape_problems(value: Any, default: Any, where: str) -> list[str]:
     return problems
 
 
+# Debian Policy 5.6.1: lower case letters, digits, "+", "-", "."; at least two characters,
+# starting with a letter or digit (so never an apt option).
+_DEBIAN_PACKAGE = r"[a-z0-9][a-z0-9+.-]+"
+
+
+def _package_problems(packages: dict) -> list[str]:
+    import re
+
+    problems = []
+    for key, names in packages.items():
+        for index, name in enumerate(names):
+            if not isinstance(name, str) or not re.fullmatch(_DEBIAN_PACKAGE, name):
+                problems.append(f"cjdns.packages.{key}[{index}]: {name!r:.80} is not a Debian package name "
+                                "(lower-case letters, digits, '+', '-', '.'; starts with a letter or digit)")
+    return problems
+
+
 def _value_problems(cfg: dict) -> list[str]:
     import re
 
@@ -1324,6 +1359,7 @@ def _value_problems(cfg: dict) -> list[str]:
         problems.append(f"cjdns.qubes.proxy_vcpus: {q['proxy_vcpus']} must be 1-64")
     if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,63}", q["service_flag"]):
         problems.append(f"cjdns.qubes.service_flag: {q['service_flag']!r} is not a Qubes service name")
+    problems += _package_problems(cfg["packages"])
     install = cfg["install"]
     problems += [f"cjdns.{p}" for p in _check_install_args(
         install["method"], install["source"]["rev"], install["source"]["repo"],
@@ -1471,9 +1507,15 @@ def adopted(name: str, sources: list | None = None, backup: str | None = None) -
     for path in legacy:
         private = cj.private_key_in(cj.file_beneath_mount(path) or "") if _mounted(path) else None
         if private:
-            with contextlib.suppress(cj.KeyFormatError):
-                found = __context__.setdefault("cjdns.template_public_keys", {})
-                found[cj.public_key(private)] = path
+            try:
+                public = cj.public_key(private)
+            except cj.KeyFormatError:
+                continue
+            except cj.CryptographyMissing as error:
+                if not _test():
+                    return _fail(ret, str(error))
+                continue
+            __context__.setdefault("cjdns.template_public_keys", {})[public] = path
     ret["changes"] = {"adopted": {"old": source, "new": name}, "backup": backup, "removed": [source, *legacy]}
     if _test():
         __context__.setdefault("cjdns.preview", {})[os.path.abspath(name)] = text

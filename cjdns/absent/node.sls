@@ -10,6 +10,9 @@
 include:
   - {{ tplroot }}.pillar
 
+# python3-cryptography (cjdns:packages) stays installed: it is a common library other
+# software on the machine may depend on.
+
 cjdns-absent-node-stopped:
   service.dead:
     - name: {{ cjdns.node.service | json }}

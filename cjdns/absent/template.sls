@@ -10,6 +10,10 @@
 include:
   - {{ tplroot }}.pillar
 
+# The packages of cjdns:packages stay installed: qubes-core-agent-networking is what any
+# network-providing qube made from this template needs, and python3-cryptography is a common
+# library other software may depend on; removing them could break more than cjdns.
+
 cjdns-absent-template-unit-disabled:
   service.disabled:
     - name: {{ cjdns.node.service | json }}

@@ -1,7 +1,8 @@
-## cjdns.node: a cjdns node on a plain Debian minion (no Qubes): cjdroute installed, the
-## hardened unit, its own identity, managed settings and peers, and the service running.
+## cjdns.node: a cjdns node on a plain Debian minion (no Qubes): the packages the formula
+## needs (cjdns.node.packages), cjdroute installed, the hardened unit, its own identity,
+## managed settings and peers, and the service running.
 ## The host firewall is left to you: open UDP cjdns:node:udp_port for incoming peers.
-## Pillar: cjdns:install, cjdns:node, cjdns:paths.
+## Pillar: cjdns:packages, cjdns:install, cjdns:node, cjdns:paths.
 ## Execute: salt '<minion>' state.apply cjdns.node
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- from tplroot ~ "/map.jinja" import cjdns, cjdns_public, target with context %}
@@ -13,6 +14,7 @@
 {%- else %}
 include:
   - {{ tplroot }}.pillar
+  - .packages
 
 {{ install_states(cjdns, "cjdns-node", "") }}
 
@@ -30,7 +32,7 @@ cjdns-node-unit:
     - require:
       - cjdns: cjdns-pillar-valid
 
-{{ identity_state(cjdns, "cjdns-node", false) }}
+{{ identity_state(cjdns, "cjdns-node", false, packages="cjdns-node-packages") }}
 
 {{ config_states(cjdns, "cjdns-node") }}
 

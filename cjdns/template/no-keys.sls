@@ -10,6 +10,7 @@
 {%- else %}
 include:
   - {{ tplroot }}.pillar
+  - .packages
 
 cjdns-template-no-private-keys:
   cjdns.template_keys_absent:
@@ -20,4 +21,6 @@ cjdns-template-no-private-keys:
     - confdir: {{ cjdns.paths.confdir | json }}
     - require:
       - cjdns: cjdns-pillar-valid
+      # The public half is found with X25519 (python3-cryptography).
+      - pkg: cjdns-template-packages
 {%- endif %}

@@ -64,6 +64,14 @@ PILLAR_CASES = [
      "cjdns.node.peers.peer.example:1: 'peer.example' is not an IP address"),
     ({"node": {"compromised_keys": ["nope.k"]}}, "cjdns.node.compromised_keys: 'nope.k': too short"),
     ({"node": {"min_established_peers": "one"}}, "cjdns.node.min_established_peers: 'one' must be an integer or null"),
+    ({"packages": {"extra": ["Python3-Cryptography"]}},
+     "cjdns.packages.extra[0]: 'Python3-Cryptography' is not a Debian package name"),
+    ({"packages": {"template": ["python3-cryptography", "x\nrm -rf /"]}},
+     "cjdns.packages.template[1]: 'x\\nrm -rf /' is not a Debian package name"),
+    ({"packages": {"node": ["--allow-downgrades"]}}, "cjdns.packages.node[0]: '--allow-downgrades' is not a Debian package name"),
+    ({"packages": {"node": [7]}}, "cjdns.packages.node[0]: 7 is not a Debian package name"),
+    ({"packages": {"node": "python3-cryptography"}}, "cjdns.packages.node: 'python3-cryptography' must be a list"),
+    ({"packages": {"extras": []}}, "cjdns.packages.extras: unknown key (did you mean extra?)"),
 ]
 
 
