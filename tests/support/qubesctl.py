@@ -68,15 +68,17 @@ class ManagementDispVM:
         (self.base / "roster").write_text(yaml.safe_dump({qube: {"host": qube}}))
         return pillar
 
-    def salt_ssh(self, qube: str, *args: str, log_level: str = "quiet", timeout: float = 600) -> SaltResult:
+    def salt_ssh(self, qube: str, *args: str, log_level: str = "quiet", timeout: float = 600,
+                 out: str = "json") -> SaltResult:
+        """`salt-ssh -w QUBE ARGS` as the DispVM runs it; data is QUBE's return (out=json)."""
         self.render_pillar(qube)
         env = {**os.environ, "PATH": f"{WRAPPERS}:{SALT_SSH.parent}:{os.environ.get('PATH', '')}",
                "QUBES_EMULATION_RUN": str(self.qubes_dir)}
         argv = [str(SALT_SSH), "-c", str(self.conf), f"--roster-file={self.base / 'roster'}", "-w",
-                "--out=json", "-l", log_level, qube, *args]
+                f"--out={out}", "-l", log_level, qube, *args]
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
         data = None
-        if proc.stdout.strip():
+        if out == "json" and proc.stdout.strip():
             try:
                 data = json.loads(proc.stdout).get(qube)
             except ValueError:
