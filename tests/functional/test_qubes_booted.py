@@ -12,7 +12,8 @@ import pytest
 from support.qubes_lab import Lab, containers_work, wait_for_output
 from support.saltenv import VECTORS, changed, load_module, state_results
 
-pytestmark = pytest.mark.skipif(not containers_work(), reason="needs root, systemd-nspawn and debootstrap")
+pytestmark = [pytest.mark.booted,
+              pytest.mark.skipif(not containers_work(), reason="needs root, systemd-nspawn and debootstrap")]
 cj = load_module()
 CONF = "/etc/cjdns/cjdroute.conf"
 MANUAL = (VECTORS / "genconf/genconf-1.conf").read_text()

@@ -21,7 +21,8 @@ from support.qubes_lab import (EMULATION, PILLAR_EXAMPLE, QUBE_PYTHON, AppVM, Te
                                deep_merge, make_repo, qubes_db)
 from support.saltenv import REPO, TESTS, load_module
 
-pytestmark = pytest.mark.skipif(not containers_work(), reason="needs root, systemd-nspawn and debootstrap")
+pytestmark = [pytest.mark.booted,
+              pytest.mark.skipif(not containers_work(), reason="needs root, systemd-nspawn and debootstrap")]
 cj = load_module()
 README = (REPO / "README.md").read_text()
 DOM0_BIN = TESTS / "emulation" / "dom0" / "bin"
