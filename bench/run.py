@@ -6,7 +6,7 @@ Writes bench/results.md and prints the same. Rows that miss their target are pro
     .venv/bin/python bench/run.py [--only 1,2,3,4] [--module path/to/cjdns.py] [--no-profile]
 
 --module runs the in-process rows (1, 2, 4) against another copy of _modules/cjdns.py, to try
-a fix before it goes into the checkout; row 3 always runs the checkout through salt-call.
+a fix before it goes into the checkout; row 3 always runs the checkout through salt-ssh.
 """
 
 import argparse

@@ -1,56 +1,107 @@
-"""cjdns.node on a plain Debian minion (no Qubes pillar), emulated in a mount namespace."""
+"""cjdns.node on a plain Debian 13 minion (no Qubes pillar) booted under its own systemd, reached
+by real salt-ssh (tests/support/node_lab.py). One machine for the module: the refusal runs
+first and must leave it untouched; then the dry run, the first apply and the re-apply."""
 
+import hashlib
 import json
 
 import pytest
 
-from support.qubes_lab import PILLAR_EXAMPLE, Template, deep_merge, make_repo, namespaces_work, wait_for_output
-from support.saltenv import SaltEnv, changed, load_module, state_results
+from support.node_lab import NodeLab
+from support.qubes_lab import containers_work, wait_for_output
+from support.saltenv import changed, load_module, state_results
 
-pytestmark = pytest.mark.skipif(not namespaces_work(), reason="needs root, mount namespaces and overlayfs")
+pytestmark = pytest.mark.skipif(not containers_work(), reason="needs root, systemd-nspawn and debootstrap")
 cj = load_module()
+CONF = "/etc/cjdns/cjdroute.conf"
+# Written by the machine's own apt, systemd, Salt's thin and logs on any salt-ssh run.
+NOT_THE_FORMULAS = ("var/cache/", "var/lib/apt/lists/", "var/lib/systemd/", "var/log/", "var/tmp/",
+                    "etc/.pwd.lock")
 
 
-@pytest.fixture
-def node(tmp_path):
-    repo = make_repo(tmp_path / "upstream")
-    pillar = deep_merge(PILLAR_EXAMPLE, {"cjdns": {"install": {"source": {
-        "repo": f"file://{repo}", "proxy": "http://should-not-be-used.invalid:1", "build_deps": ["git"]}}}})
-    machine = Template("node1", tmp_path / "machines", shared=[tmp_path])
-    env = SaltEnv(tmp_path / "salt", pillar=pillar, minion_id="node1")
-    yield machine, env
-    machine.cleanup()
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    lab = NodeLab(tmp_path_factory.mktemp("node") / "lab")
+    lab.machine.boot()
+    yield lab
+    lab.cleanup()
 
 
-def apply(machine, env, *args):
-    return env.call("state.apply", *args, runner=lambda argv: machine.run(argv, timeout=300))
+def ok(result):
+    assert result.rc == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert isinstance(result.data, dict), result.stdout[-3000:]
+    return result
+
+
+def digest(*roots):
+    """Every file and link under the machine's root upper layer and private volume."""
+    entries = []
+    for root in roots:
+        for path in sorted(root.rglob("*")):
+            name = str(path.relative_to(root))
+            if name.startswith(NOT_THE_FORMULAS):
+                continue
+            if path.is_symlink():
+                entries.append((name, "->" + str(path.readlink())))
+            elif path.is_file():
+                entries.append((name, hashlib.sha256(path.read_bytes()).hexdigest(), oct(path.stat().st_mode)))
+    return entries
+
+
+def volumes(lab):
+    return digest(lab.machine.root_upper, lab.machine.private_dir)
+
+
+def test_node_sls_refuses_a_qubes_template(node):
+    before = volumes(node)
+    node.set_pillar({"qubes": {"type": "template"}})
+    try:
+        result = node.apply("cjdns.node")
+    finally:
+        node.set_pillar(node.pillar)
+    # salt-ssh exits 20 (EX_AGGREGATE) for a minion whose states failed; salt-call would say 2.
+    assert result.rc == 20 and [r["result"] for r in state_results(result.data)] == [False]
+    assert "runs in a plain minion without Qubes" in json.dumps(result.data)
+    assert volumes(node) == before
+    assert node.machine.run(["test", "-e", "/etc/cjdns"]).returncode == 1
 
 
 def test_node_first_apply_second_apply_and_dry_run(node):
-    machine, env = node
-    dry = apply(machine, env, "cjdns.node", "test=True")
-    assert dry.rc == 0, dry.stdout[-2000:]
-    assert machine.run(["test", "-e", "/etc/cjdns/cjdroute.conf"]).returncode == 1
-    first = apply(machine, env, "cjdns.node")
-    assert first.rc == 0, first.stdout[-3000:]
-    assert {r["__id__"] for r in state_results(dry.data) if r["result"] is None} == set(changed(first.data))
+    machine = node.machine
     host = machine.testinfra_host()
-    assert host.file("/etc/cjdns/cjdroute.conf").mode == 0o600
+    assert not host.package("python3-cryptography").is_installed
+    assert host.run("systemctl is-system-running").stdout.strip() in ("running", "degraded")
+    before = volumes(node)
+    dry = ok(node.apply("cjdns.node", "test=True"))
+    assert volumes(node) == before
+    assert machine.run(["test", "-e", CONF]).returncode == 1
+    predicted = {r["__id__"] for r in state_results(dry.data) if r["result"] is None}
+    packages = next(r for r in state_results(dry.data) if r["__id__"] == "cjdns-node-packages")
+    assert "python3-cryptography" in packages["changes"]
+
+    first = ok(node.apply("cjdns.node"))
+    assert not [r for r in state_results(first.data) if r["result"] is False]
+    assert predicted == set(changed(first.data))
+    assert host.package("python3-cryptography").is_installed
+    assert host.run("python3 -c 'import cryptography'").rc == 0
+    # Built from the fake upstream's pinned tag, in the machine.
+    assert "cjdns-v22.3" in host.run("/usr/bin/cjdroute --version").stdout
+    assert host.file(CONF).mode == 0o600
     unit = host.file("/etc/systemd/system/cjdns.service").content_string
     assert "qubes-service" not in unit and "qubes-sysinit" not in unit
     assert host.run("systemctl is-active cjdns").stdout.strip() == "active"
     assert host.run("systemctl is-enabled cjdns").stdout.strip() == "enabled"
-    second = apply(machine, env, "cjdns.node")
-    assert second.rc == 0 and changed(second.data) == {}
+    # The machine's own systemd runs cjdroute, under the unit's hardening.
+    pid = host.run("systemctl show -p MainPID --value cjdns").stdout.strip()
+    assert pid != "0"
+    assert "NoNewPrivs:\t1" in host.file(f"/proc/{pid}/status").content_string
+
+    second = ok(node.apply("cjdns.node"))
+    assert changed(second.data) == {}
     wait_for_output(machine, ["ip", "-6", "addr", "show", "dev", "tun0"], "inet6 fc")
-    status = env.call("cjdns.status", runner=lambda argv: machine.run(argv))
+    status = node.call("cjdns.status")
     assert status.data["admin"]["reachable"] and status.data["address_up"], status.data
     assert status.data["peers"]["total"] == 2
-
-
-def test_node_sls_refuses_a_qubes_template(node):
-    machine, env = node
-    env.set_pillar({"qubes": {"type": "template"}})
-    result = apply(machine, env, "cjdns.node")
-    assert result.rc == 2 and "runs in a plain minion without Qubes" in json.dumps(result.data)
-    assert machine.run(["test", "-e", "/etc/cjdns"]).returncode == 1
+    private_key = cj.loads(machine.path(CONF).read_text())["privateKey"]
+    for result in (dry, first, second, status):
+        assert private_key not in result.stdout + result.stderr
