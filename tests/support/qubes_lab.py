@@ -11,7 +11,10 @@
 """
 
 import copy
+import fcntl
+import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -31,9 +34,15 @@ for extra in (EMULATION, EMULATION / "qubes"):
 import qubes_db  # noqa: E402
 from fake_cjdns_repo import make_repo  # noqa: E402
 from qube import AppVM, Template  # noqa: E402
+import rootfs  # noqa: E402  (tests/emulation/vm, on sys.path through qube)
 
 PILLAR_EXAMPLE = yaml.safe_load((REPO / "pillar.example").read_text())
 QUBE_PYTHON = "/usr/bin/python3"
+TEMPLATES = rootfs.CACHE / "templates"
+# What a built template depends on besides its pillar and the root filesystem: the formula, and
+# the fake upstream the template builds cjdroute from.
+TEMPLATE_INPUTS = ("cjdns", "_modules", "_states", "tests/emulation/fake_cjdns_repo.py",
+                   "tests/emulation/fake_cjdroute.py", "tests/emulation/admin_server.py")
 
 
 def containers_work() -> bool:
@@ -114,6 +123,71 @@ class Lab:
         finally:
             if not was_running:
                 qube.shutdown()
+
+    def template_key(self) -> str:
+        """Cache key of cjdns-gw after `cjdns.template`: the formula's files, the template's
+        pillar as dom0 renders it (this lab's upstream path made neutral: the build depends
+        on the tag only), the root filesystem, and Salt's version (salt-ssh's thin)."""
+        import salt.version  # noqa: PLC0415
+
+        digest = hashlib.sha256(f"{rootfs.cache_key()}\0{salt.version.__version__}\0".encode())
+        for name in TEMPLATE_INPUTS:
+            top = REPO / name
+            for path in sorted([top] if top.is_file() else top.rglob("*")):
+                if path.is_file() and "__pycache__" not in path.parts:
+                    digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes() + b"\0")
+        pillar = yaml.safe_dump(self.dispvm.render_pillar(self.template.name), sort_keys=True)
+        digest.update(pillar.replace(str(self.repo), "@UPSTREAM@").encode())
+        return digest.hexdigest()[:16]
+
+    def use_built_template(self) -> str:
+        """Give cjdns-gw the volumes it has after `state.apply cjdns.template` with this lab's
+        pillar: a copy of a cached one, or a real apply (whose result is cached) the first time.
+        For tests that need a built template but do not test the template SLS. The template must
+        not have been used yet (its root and private volumes are replaced). Returns "cached" or "applied"."""
+        if self.template.running:
+            raise RuntimeError("use_built_template: the template is running")
+        key = self.template_key()
+        TEMPLATES.mkdir(parents=True, exist_ok=True)
+        cached = TEMPLATES / key
+        with open(TEMPLATES / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one builder per key across xdist workers
+            if not (cached / ".complete").exists():
+                result = self.apply("template", "cjdns.template")
+                states = result.data.values() if isinstance(result.data, dict) else []
+                if result.rc != 0 or not states or any(r["result"] is False for r in states):
+                    raise AssertionError("cjdns.template failed:\n" + result.stdout[-3000:] + result.stderr[-3000:])
+                shutil.rmtree(cached, ignore_errors=True)
+                work = TEMPLATES / f"tmp-{key}-{os.getpid()}"
+                shutil.rmtree(work, ignore_errors=True)
+                work.mkdir()
+                for part, path in self._template_volumes():
+                    subprocess.run(["cp", "-a", str(path), str(work / part)], check=True)
+                (work / ".complete").write_text(time.strftime("%F %T\n"))
+                work.rename(cached)
+                self._prune_templates(keep=cached)
+                return "applied"
+            for path in (self.template.dir / "root.work", *(p for _, p in self._template_volumes())):
+                if path.exists():
+                    subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=True)
+            for part, path in self._template_volumes():
+                subprocess.run(["cp", "-a", str(cached / part), str(path)], check=True)
+            os.utime(cached)  # recently used: kept by _prune_templates
+        return "cached"
+
+    def _template_volumes(self) -> tuple[tuple[str, Path], ...]:
+        """What a built template is made of: its root volume (the overlay's upper layer, with
+        its whiteouts) and its private volume (/rw: /usr/local, where cjdns is built, is
+        /rw/usrlocal in every qube)."""
+        return (("root", self.template.root_upper), ("private", self.template.private_dir))
+
+    @staticmethod
+    def _prune_templates(keep: Path, count: int = 6) -> None:
+        """Built templates of other formula versions go (the `count` last used stay)."""
+        built = sorted((p for p in TEMPLATES.iterdir() if p.is_dir() and p != keep),
+                       key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in built[count - 1:]:
+            shutil.rmtree(old, ignore_errors=True)
 
     def cleanup(self) -> None:
         for qube in (self.proxy, self.template):
