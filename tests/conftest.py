@@ -22,3 +22,12 @@ def salt_env(tmp_path):
 @pytest.fixture(scope="session")
 def vectors() -> pathlib.Path:
     return VECTORS
+
+
+def pytest_collection_modifyitems(items):
+    """Tests of modules that use the booted qubes (they import `containers_work`, `Lab` or the
+    qube classes) get the `booted` mark: `make test-matrix` leaves them out."""
+    for item in items:
+        module = getattr(item, "module", None)
+        if module is not None and any(hasattr(module, name) for name in ("containers_work", "Lab", "Template", "AppVM")):
+            item.add_marker(pytest.mark.booted)
