@@ -37,19 +37,27 @@ ALPHABET = "0123456789bcdfghjklmnpqrstuvwxyz"
 # -- keys and the config dialect: the formula's own module, whose parser gives cjdroute's
 # verdicts on the recorded cases (tests/unit/test_dialect.py) --------------------------------
 
-def _module() -> Any:
-    """The formula's module: beside this file in the built zipapp, else in the checkout."""
-    if "cjdns_module" not in sys.modules:
+def _load(name: str, path: Path) -> Any:
+    """Import `name`: beside this file in the zipapp `./do` builds, else from `path`."""
+    if name not in sys.modules:
         try:
-            import cjdns_module  # noqa: F401  (inside the zipapp `./do` builds)
+            importlib.import_module(name)
         except ImportError:
-            emulation = Path(EMULATION_DIR) if EMULATION_DIR else Path(__file__).resolve().parent
-            spec = importlib.util.spec_from_file_location("cjdns_module", emulation.parents[1] / "_modules" / "cjdns.py")
+            spec = importlib.util.spec_from_file_location(name, path)
             assert spec is not None and spec.loader is not None
             module = importlib.util.module_from_spec(spec)
-            sys.modules["cjdns_module"] = module
+            sys.modules[name] = module
             spec.loader.exec_module(module)
-    return sys.modules["cjdns_module"]
+    return sys.modules[name]
+
+
+def _emulation_dir() -> Path:
+    return Path(EMULATION_DIR) if EMULATION_DIR else Path(__file__).resolve().parent
+
+
+def _module() -> Any:
+    """The formula's module (tests/../_modules/cjdns.py in the checkout)."""
+    return _load("cjdns_module", _emulation_dir().parents[1] / "_modules" / "cjdns.py")
 
 
 def public_key(private_hex: str) -> tuple[str, str]:
@@ -212,22 +220,12 @@ def create_tun(conf: dict[str, Any]) -> str | None:
 
 
 def _admin_server() -> Any:
-    """tests/emulation/admin_server.py: beside this file in the zipapp, else in the checkout."""
+    """tests/emulation/admin_server.py, or None where there is none."""
+    server = _emulation_dir() / "admin_server.py"
     try:
-        import admin_server  # (inside the zipapp `./do` builds)
-        return admin_server
-    except ImportError:
-        pass
-    emulation = Path(EMULATION_DIR) if EMULATION_DIR else Path(__file__).resolve().parent
-    server = emulation / "admin_server.py"
-    if not server.exists():
+        return _load("admin_server", server)
+    except FileNotFoundError:
         return None
-    spec = importlib.util.spec_from_file_location("admin_server", server)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["admin_server"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def serve_admin(conf: dict[str, Any]) -> NoReturn:
