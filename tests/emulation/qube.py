@@ -203,7 +203,8 @@ class Qube:
         deadline = time.monotonic() + BOOT_TIMEOUT
         while True:
             state = self.run(["systemctl", "is-system-running", "--wait"], timeout=BOOT_TIMEOUT).stdout.strip()
-            if state or time.monotonic() > deadline or not self.running:
+            # Before systemd listens on its private socket, systemctl says "offline" (or nothing).
+            if state not in ("", "offline") or time.monotonic() > deadline or not self.running:
                 return state
             time.sleep(0.05)
 
