@@ -148,8 +148,9 @@ def test_the_readme_commands_install_and_apply_the_formula(host):
             edit_pillar(host)
         if "state.apply" in line:
             assert re.search(r"^Failed: +0$", proc.stdout, re.M), proc.stdout[-3000:]
-            again = run(host, line)
-            assert again.returncode == 0 and "changed=" not in again.stdout, again.stdout[-3000:]
+            if "cjdns-gw" not in line:  # the template's second apply: test_qubes_booted.py
+                again = run(host, line)
+                assert again.returncode == 0 and "changed=" not in again.stdout, again.stdout[-3000:]
     assert qubes_db.pref(host["dom0"].db, "personal", "netvm") == "sys-cjdns"
     assert host["proxy"].run(["systemctl", "is-active", "cjdns"]).stdout.strip() == "active"
     ipv6 = cj.loads(host["proxy"].path("/etc/cjdns/cjdroute.conf").read_text())["ipv6"]
