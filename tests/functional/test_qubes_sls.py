@@ -104,7 +104,6 @@ def test_the_built_template_has_the_gated_unit_the_bind_dirs_entry_and_cjdroute(
     assert host.run("systemctl is-enabled cjdns").stdout.strip() == "enabled"
     assert host.run("systemctl is-active cjdns").stdout.strip() != "active"  # never runs in the template
     assert host.run("ls -A /etc/cjdns").stdout == ""
-    lab.template.shutdown()
 
 
 def test_proxy_sls_refuses_to_run_in_the_template(lab):
@@ -114,6 +113,21 @@ def test_proxy_sls_refuses_to_run_in_the_template(lab):
     assert all(r["result"] is False and "runs in the Qubes AppVM sys-cjdns" in r["comment"] for r in state_results(result.data))
     assert not (lab.template.root_upper / CONF.lstrip("/")).exists()
     assert lab.template.run(["test", "-e", CONF]).returncode == 1
+
+
+def test_template_holds_no_key_after_its_sls(lab):
+    planted = (VECTORS / "genconf/genconf-1.conf").read_text()
+    lab.template.sh(f"mkdir -p /etc/cjdns && umask 077 && cat > {CONF} <<'EOF'\n{planted}EOF\ncp {CONF} /etc/cjdroute.conf")
+    result = ok(lab.apply("template", "cjdns.template.no-keys"))
+    ret = next(r for r in state_results(result.data) if r["__id__"] == "cjdns-template-no-private-keys")
+    pub = cj.loads(planted)["publicKey"]
+    assert "removed the template's private key" in ret["comment"] and pub in ret["comment"]
+    assert cj.loads(planted)["privateKey"] not in result.stdout + result.stderr
+    assert lab.template.run(["test", "-e", CONF]).returncode == 1
+    assert lab.template.run(["test", "-e", "/etc/cjdroute.conf"]).returncode == 1
+    assert pub in lab.template.run(["cat", TEMPLATE_KEYS]).stdout
+    grep = lab.template.run(["grep", "-rl", cj.loads(planted)["privateKey"], "/etc", "/var/lib", "/usr/local", "/rw"])
+    assert grep.stdout == ""
     lab.template.shutdown()
 
 
@@ -203,22 +217,6 @@ def test_an_own_valid_key_is_kept(lab):
     # Comments of the generated file survive the managed edits.
     assert "// Private key:" in stored
     assert cj.loads(own)["privateKey"] not in result.stdout + result.stderr
-
-
-def test_template_holds_no_key_after_its_sls(lab):
-    planted = (VECTORS / "genconf/genconf-1.conf").read_text()
-    lab.template.sh(f"mkdir -p /etc/cjdns && umask 077 && cat > {CONF} <<'EOF'\n{planted}EOF\ncp {CONF} /etc/cjdroute.conf")
-    result = ok(lab.apply("template", "cjdns.template.no-keys"))
-    ret = next(r for r in state_results(result.data) if r["__id__"] == "cjdns-template-no-private-keys")
-    pub = cj.loads(planted)["publicKey"]
-    assert "removed the template's private key" in ret["comment"] and pub in ret["comment"]
-    assert cj.loads(planted)["privateKey"] not in result.stdout + result.stderr
-    assert lab.template.run(["test", "-e", CONF]).returncode == 1
-    assert lab.template.run(["test", "-e", "/etc/cjdroute.conf"]).returncode == 1
-    assert pub in lab.template.run(["cat", TEMPLATE_KEYS]).stdout
-    grep = lab.template.run(["grep", "-rl", cj.loads(planted)["privateKey"], "/etc", "/var/lib", "/usr/local", "/rw"])
-    assert grep.stdout == ""
-    lab.template.shutdown()
 
 
 def test_a_key_copied_from_the_template_is_replaced(lab):

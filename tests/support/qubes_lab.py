@@ -8,6 +8,10 @@
   from an emulated management DispVM (tests/support/qubesctl.py), with their pillar rendered by
   dom0 per target. Like qubesctl, an apply starts a halted qube and shuts it down afterwards.
 * upstream cjdns: a local git repository (fake_cjdns_repo.py) the template builds from.
+
+`lab.use_built_template()` gives cjdns-gw its volumes as `cjdns.template` leaves them, from a
+cache under rootfs.CACHE/templates (one real apply per formula version, pillar, root filesystem
+and Salt version): for tests that need a built template but do not test the template SLS.
 """
 
 import copy
@@ -52,7 +56,7 @@ def containers_work() -> bool:
         for tool in ("systemd-nspawn", "debootstrap", "nsenter"))
 
 
-namespaces_work = containers_work
+namespaces_work = containers_work  # the old name, still used by tests/demo.py and others
 
 
 def deep_merge(base: dict, over: dict) -> dict:
