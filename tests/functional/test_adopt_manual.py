@@ -140,7 +140,8 @@ def manual_layout(lab, own_key: bool) -> str:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    lab = Lab(tmp_path_factory.mktemp("adopt") / "lab")
+    # wipe=False: Salt's thin stays in the qubes between calls (speed); -w is test_qubes_booted's.
+    lab = Lab(tmp_path_factory.mktemp("adopt") / "lab", wipe=False)
     yield lab
     lab.cleanup()
 

@@ -31,7 +31,8 @@ FAILED = 20
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    lab = Lab(tmp_path_factory.mktemp("qubes-sls") / "lab")
+    # wipe=False: Salt's thin stays in the qubes between calls (speed); -w is test_qubes_booted's.
+    lab = Lab(tmp_path_factory.mktemp("qubes-sls") / "lab", wipe=False)
     lab.use_built_template()
     lab.base_pillar = copy.deepcopy(lab.pillar)
     yield lab

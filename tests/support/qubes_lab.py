@@ -69,7 +69,8 @@ def deep_merge(base: dict, over: dict) -> dict:
 class Lab:
     """dom0 + cjdns-gw + sys-cjdns under one directory; pillar = pillar.example + overrides."""
 
-    def __init__(self, workdir: Path, pillar: dict | None = None, version: str = "4.2") -> None:
+    def __init__(self, workdir: Path, pillar: dict | None = None, version: str = "4.2",
+                 wipe: bool = True) -> None:
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         upstream = self.dir / "upstream"
@@ -90,7 +91,7 @@ class Lab:
         self.template = Template("cjdns-gw", qubes, shared=[upstream])
         self.proxy = AppVM("sys-cjdns", qubes, self.template, services={"cjdns"},
                            vm_type="ProxyVM", shared=[upstream])
-        self.dispvm = ManagementDispVM(self.dir / "disp-mgmt", self.dom0, qubes)
+        self.dispvm = ManagementDispVM(self.dir / "disp-mgmt", self.dom0, qubes, wipe=wipe)
         self._write_qubes_pillar()
 
     def _write_qubes_pillar(self) -> None:

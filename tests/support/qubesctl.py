@@ -30,8 +30,11 @@ WRAPPERS = TESTS / "emulation" / "vm" / "bin"
 class ManagementDispVM:
     """One DispVM's worth of salt-ssh configuration for one target qube."""
 
-    def __init__(self, base: Path, dom0: SaltEnv, qubes_dir: Path) -> None:
+    def __init__(self, base: Path, dom0: SaltEnv, qubes_dir: Path, wipe: bool = True) -> None:
         self.base = base
+        # qubes.SaltLinuxVM runs `salt-ssh -w`: Salt's thin is deployed and wiped on every call.
+        # wipe=False keeps it in the qube between calls, for tests that only need speed.
+        self.wipe = wipe
         self.dom0 = dom0
         self.qubes_dir = qubes_dir
         self.conf = base / "conf"
@@ -74,7 +77,8 @@ class ManagementDispVM:
         self.render_pillar(qube)
         env = {**os.environ, "PATH": f"{WRAPPERS}:{SALT_SSH.parent}:{os.environ.get('PATH', '')}",
                "QUBES_EMULATION_RUN": str(self.qubes_dir)}
-        argv = [str(SALT_SSH), "-c", str(self.conf), f"--roster-file={self.base / 'roster'}", "-w",
+        argv = [str(SALT_SSH), "-c", str(self.conf), f"--roster-file={self.base / 'roster'}",
+                *(["-w"] if self.wipe else []),
                 f"--out={out}", "-l", log_level, qube, *args]
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
         data = None
