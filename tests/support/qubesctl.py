@@ -12,8 +12,12 @@ tests/emulation/vm/bin/ (ssh wrapper, qrexec-client-vm into the booted qube).
 
 from __future__ import annotations
 
+import copy
+import fcntl
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +29,19 @@ from support.saltenv import TESTS, SaltEnv, SaltResult
 
 SALT_SSH = Path(sys.executable).with_name("salt-ssh")
 WRAPPERS = TESTS / "emulation" / "vm" / "bin"
+# Salt's thin tarball, made once per Salt install and shared by every DispVM of the suite (a
+# real DispVM makes its own; the tarball is the same, making it costs ~20 s).
+THIN_CACHE = Path(os.environ.get("CJDNS_TEST_CACHE", "/var/cache/cjdns-formula-tests")) / "thin"
+PATCH = TESTS / "support" / "patch_salt.py"
+
+
+def _thin_key() -> str:
+    """Salt's version, where it is installed, and the patch applied to it (the thin is its code)."""
+    import salt.version  # noqa: PLC0415
+
+    digest = hashlib.sha256(f"{salt.version.__version__}\0{SALT_SSH}\0{sys.version_info[:2]}\0".encode())
+    digest.update(PATCH.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 class ManagementDispVM:
@@ -59,13 +76,47 @@ class ManagementDispVM:
             "log_level_logfile": "debug",
         }
         (self.conf / "master").write_text(yaml.safe_dump(config))
+        self._pillars: dict[str, dict[str, Any]] = {}
+
+    def _pillar_key(self, qube: str) -> str:
+        """What dom0's rendering of a pillar depends on: its pillar tree and its config."""
+        digest = hashlib.sha256(qube.encode() + b"\0" + (self.dom0.conf / "minion").read_bytes())
+        for path in sorted(self.dom0.pillar_dir.rglob("*")):
+            if path.is_file():
+                digest.update(str(path).encode() + b"\0" + path.read_bytes() + b"\0")
+        return digest.hexdigest()
+
+    def _thin_from_cache(self) -> None:
+        """Seed this DispVM's salt-ssh cache with the suite's thin (salt-ssh reuses a thin whose
+        version files match), or keep the one salt-ssh made for the next DispVMs."""
+        mine = self.root / "cache" / "thin"
+        shared = THIN_CACHE / _thin_key()
+        if (mine / "thin.tgz").exists():
+            if not (shared / "thin.tgz").exists():
+                THIN_CACHE.mkdir(parents=True, exist_ok=True)
+                work = THIN_CACHE / f"tmp-{os.getpid()}"
+                shutil.rmtree(work, ignore_errors=True)
+                shutil.copytree(mine, work)
+                with open(THIN_CACHE / ".lock", "w") as lock:
+                    fcntl.flock(lock, fcntl.LOCK_EX)
+                    if (shared / "thin.tgz").exists():
+                        shutil.rmtree(work)
+                    else:
+                        work.rename(shared)
+            return
+        if (shared / "thin.tgz").exists():
+            shutil.copytree(shared, mine, dirs_exist_ok=True)
 
     def render_pillar(self, qube: str) -> dict[str, Any]:
-        """The target's pillar as dom0 renders it, without dom0's `master` key (as qubesctl)."""
-        result = self.dom0.call(f"--id={qube}", "pillar.items")
-        if result.rc != 0 or not isinstance(result.data, dict):
-            raise AssertionError(f"dom0 could not render the pillar of {qube}: {result.stderr[-2000:]}")
-        pillar = {k: v for k, v in result.data.items() if k != "master"}
+        """The target's pillar as dom0 renders it, without dom0's `master` key (as qubesctl).
+        Rendered again only when dom0's pillar tree or config changed since the last time."""
+        key = self._pillar_key(qube)
+        if key not in self._pillars:
+            result = self.dom0.call(f"--id={qube}", "pillar.items")
+            if result.rc != 0 or not isinstance(result.data, dict):
+                raise AssertionError(f"dom0 could not render the pillar of {qube}: {result.stderr[-2000:]}")
+            self._pillars[key] = {k: v for k, v in result.data.items() if k != "master"}
+        pillar = copy.deepcopy(self._pillars[key])
         (self.pillar_dir / "combined.sls").write_text(yaml.safe_dump(pillar))
         (self.pillar_dir / "top.sls").write_text(yaml.safe_dump({"base": {qube: ["combined"]}}))
         (self.base / "roster").write_text(yaml.safe_dump({qube: {"host": qube}}))
@@ -75,12 +126,14 @@ class ManagementDispVM:
                  out: str = "json") -> SaltResult:
         """`salt-ssh -w QUBE ARGS` as the DispVM runs it; data is QUBE's return (out=json)."""
         self.render_pillar(qube)
+        self._thin_from_cache()
         env = {**os.environ, "PATH": f"{WRAPPERS}:{SALT_SSH.parent}:{os.environ.get('PATH', '')}",
                "QUBES_EMULATION_RUN": str(self.qubes_dir)}
         argv = [str(SALT_SSH), "-c", str(self.conf), f"--roster-file={self.base / 'roster'}",
                 *(["-w"] if self.wipe else []),
                 f"--out={out}", "-l", log_level, qube, *args]
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+        self._thin_from_cache()
         data = None
         if out == "json" and proc.stdout.strip():
             try:
