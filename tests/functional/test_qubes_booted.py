@@ -1,11 +1,17 @@
 """The Qubes path as real Qubes runs it: a Debian 13 template with what a minimal template has
 (no python3-cryptography), booted under its own systemd, reached by salt-ssh with the test venv's
 Salt (Qubes' 3007.13 and patches), the formula's modules running on the qube's /usr/bin/python3;
-then sys-cjdns booted from that template. One lab for the module: each test builds on the last."""
+then sys-cjdns booted from that template. One lab for the module: each test builds on the last.
+
+The module's pillar carries known secrets (admin password, an authorized password, peer
+passwords) and every apply and call runs at log level debug: the last test is the secret sweep
+over everything those runs printed and left behind."""
 
 import hashlib
 import ipaddress
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -18,11 +24,46 @@ cj = load_module()
 CONF = "/etc/cjdns/cjdroute.conf"
 MANUAL = (VECTORS / "genconf/genconf-1.conf").read_text()
 MANUAL_KEY = cj.loads(MANUAL)["privateKey"]
+ADMIN = "sweep-admin-password-5f2c9"
+ALICE = "sweep-alice-password-81d3e"
+PEER_PASSWORDS = ["sweep-peer-password-one", "sweep-peer-password-two"]
+
+
+def sweep_pillar():
+    keys = json.loads((VECTORS / "keys.json").read_text())["keys"]
+    return {"cjdns": {"node": {
+        "admin_password": ADMIN,
+        "authorized_passwords": {"alice": {"password": ALICE}},
+        "peers": {"192.0.2.10:47300": {"password": PEER_PASSWORDS[0], "publicKey": keys[1]["public_key"]},
+                  "[2001:db8::20]:47300": {"password": PEER_PASSWORDS[1], "publicKey": keys[2]["public_key"]}},
+    }}}
+
+
+class RecordingLab(Lab):
+    """A Lab whose applies and calls run at log level debug and are kept for the sweep."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.outputs: list[tuple[str, str]] = []
+
+    def apply(self, where, *args, log_level="debug"):
+        result = super().apply(where, *args, log_level=log_level)
+        if where == "dom0":
+            self.outputs.append((f"dom0 state.apply {' '.join(args)}", result.stdout + "\n" + result.stderr))
+        return result
+
+    def call(self, where, *args, log_level="debug"):
+        result = super().call(where, *args, log_level=log_level)
+        self.outputs.append((f"{where} {' '.join(args)}", result.stdout + "\n" + result.stderr))
+        return result
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    lab = Lab(tmp_path_factory.mktemp("booted") / "lab")
+    lab = RecordingLab(tmp_path_factory.mktemp("booted") / "lab", pillar=sweep_pillar())
+    lab.pillar["cjdns"]["node"]["peers"] = sweep_pillar()["cjdns"]["node"]["peers"]
+    lab.set_pillar({})
+    assert lab.apply("dom0", "cjdns.dom0", "test=True").rc == 0
     assert lab.apply("dom0", "cjdns.dom0").rc == 0
     # The manual's step 4: cjdroute --genconf wrote the template's own key to /etc/cjdroute.conf.
     lab.template.sh(f"umask 077 && cat > /etc/cjdroute.conf <<'EOF'\n{MANUAL}EOF")
@@ -72,6 +113,7 @@ def test_1_a_fresh_minimal_template_lacks_cryptography(lab):
 
 
 def test_2_template_dry_run_predicts_installs_and_changes_nothing(lab):
+    lab.template.boot()  # up until the end of test_3 (qubesctl would boot it for each run)
     before = digest(lab.template.root_upper)
     dry = ok(lab.apply("template", "cjdns.template", "test=True"))
     assert digest(lab.template.root_upper) == before
@@ -101,12 +143,16 @@ def test_3_template_apply_installs_removes_the_key_and_gates_the_unit(lab):
     assert host.file("/etc/cjdns").is_directory and not host.file(CONF).exists
     second = ok(lab.apply("template", "cjdns.template"))
     assert changed(second.data) == {}
+    lab.template_files = qube_files(lab.template)
+    lab.template.shutdown()
 
 
 def test_4_sys_cjdns_runs_cjdroute_because_of_its_flag_with_its_own_key(lab):
     lab.proxy.boot()
+    dry = ok(lab.apply("proxy", "cjdns.proxy", "test=True"))
     first = ok(lab.apply("proxy", "cjdns.proxy"))
     made = changed(first.data)
+    assert predicted(dry) == set(made)
     ip6 = made["cjdns-proxy-identity"]["ipv6"]["new"]
     host = lab.proxy.testinfra_host()
     assert host.file("/run/qubes-service/cjdns").exists
@@ -146,3 +192,94 @@ def test_5_a_reboot_keeps_key_address_peers_and_brings_rules_and_route_back(lab)
     status = lab.call("proxy", "cjdns.status").data
     assert status["ipv6"] == lab.identity and status["admin"]["reachable"]
     assert json.dumps(status).count(after["privateKey"]) == 0
+
+
+# The sweep. Searched in each qube (as the running qube sees them, tmpfs included).
+QUBE_DIRS = ("/var", "/tmp", "/root", "/rw")
+# Where secrets are by design: the node's config in sys-cjdns's /rw. Not searched either: Debian's
+# packages and the local apt repository (big, and nothing of ours).
+BY_DESIGN = ("/rw/bind-dirs/etc/cjdns/cjdroute.conf",)
+NOT_OURS = ("/var/lib/qubes-emulation/", "/var/cache/apt/", "/var/lib/apt/lists/", "/var/lib/dpkg/",
+            "/var/cache/debconf/")
+
+
+def qube_files(qube):
+    """(label, text) of every file under QUBE_DIRS in the running qube, and of its journal."""
+    found = []
+    root = qube.path("/")
+    for top in QUBE_DIRS:
+        for dirpath, _dirs, files in os.walk(root / top.lstrip("/")):
+            for name in files:
+                path = Path(dirpath) / name
+                inside = "/" + str(path.relative_to(root))
+                if inside in BY_DESIGN or inside.startswith(NOT_OURS) or not path.is_file() or path.is_symlink():
+                    continue
+                found.append((f"{qube.name}:{inside}", path.read_bytes().decode("utf-8", "replace")))
+    journal = qube.run(["journalctl", "--no-pager", "-o", "verbose"])
+    found.append((f"{qube.name}: journal", journal.stdout))
+    return found
+
+
+def host_files(top):
+    found = []
+    for dirpath, _dirs, files in os.walk(top):
+        for name in files:
+            path = Path(dirpath) / name
+            if path.is_file() and not path.is_symlink():
+                found.append((str(path), path.read_bytes().decode("utf-8", "replace")))
+    return found
+
+
+def test_9_no_secret_appears_in_output_returns_logs_or_cache(lab):
+    """Every run of this module at log level debug (dom0, the template, sys-cjdns), then every
+    execution function in sys-cjdns, searched with the secrets of pillar and both private keys
+    sys-cjdns had: what Salt printed and returned, its logs and caches (dom0's Salt, the
+    management DispVM's salt-ssh: master cache and logs), and what stays in the qubes. The
+    calls here keep Salt's thin in the qube between calls (no `-w`), so its minion cache there
+    (running_data) is searched too."""
+    lab.dispvm.wipe = False
+    first_key = cj.loads(lab.proxy.path(CONF).read_text())["privateKey"]
+    public = cj.identity_of(first_key).public_key
+    calls = [("cjdns.address", public), ("cjdns.check_config",), ("cjdns.identity",), ("cjdns.peers",),
+             ("cjdns.status",), ("cjdns.peer_stats",), ("cjdns.ping",), ("cjdns.health",),
+             ("state.apply", "cjdns.proxy", "test=True"), ("cjdns.regenerate_identity",)]
+    for call in calls:
+        lab.call("proxy", *call)
+    # credentials shows the requested peer's password on purpose (it is what the user hands
+    # that peer); it must still show no private key and no admin password.
+    jobs = lab.dispvm.root / "cache" / "jobs"
+    earlier_jobs = {label for label, _ in host_files(jobs)}
+    credentials = lab.call("proxy", "cjdns.credentials", "alice")
+    # salt-ssh's master job cache keeps each return, so this one holds alice's password too.
+    credentials_jobs = {label for label, _ in host_files(jobs)} - earlier_jobs
+    assert ALICE in credentials.stdout
+    lab.outputs.pop()
+
+    final = cj.loads(lab.proxy.path(CONF).read_text())["privateKey"]
+    assert final != first_key  # regenerate_identity did
+    secrets = {"template's private key": MANUAL_KEY, "first private key": first_key,
+               "regenerated private key": final, "admin password": ADMIN, "alice's password": ALICE,
+               **{f"peer password {i}": p for i, p in enumerate(PEER_PASSWORDS)}}
+    places = list(lab.outputs)
+    places.append(("cjdns.credentials alice (private key and admin password only)", credentials.stdout + credentials.stderr))
+    # Salt's logs and caches: dom0's salt-call, the management DispVM's salt-ssh (its
+    # rendered pillar is not searched: the pillar holds the secrets by definition).
+    for top in (lab.dom0.root, lab.dispvm.root):
+        places += host_files(top)
+    places += lab.template_files + qube_files(lab.proxy)
+    assert any("/var/log/salt" in label or "/log/" in label for label, _ in places)
+    assert any("running_data" in label for label, _ in places)  # the thin's minion cache in the qube
+    leaks = []
+    for label, text in places:
+        for name, secret in secrets.items():
+            if name == "alice's password" and (label.startswith("cjdns.credentials") or label in credentials_jobs):
+                continue
+            if secret in text:
+                leaks.append(f"{name} in {label}")
+    assert not leaks, "secrets leaked:\n" + "\n".join(leaks)
+    assert len(places) > 20
+    # Files holding secrets: 0600 in a 0700 directory.
+    stored = lab.proxy.private_dir / "bind-dirs/etc/cjdns"
+    assert stored.stat().st_mode & 0o777 == 0o700
+    for path in stored.iterdir():
+        assert path.stat().st_mode & 0o777 == 0o600, path
