@@ -96,7 +96,9 @@ def test_timeout_when_the_router_does_not_answer(env, router, tmp_path):
     started = time.monotonic()
     result = env.call("cjdns.peer_stats", str(conf), "timeout=0.7")
     elapsed = time.monotonic() - started
-    assert result.rc == 1 and "0.7" in result.stderr and elapsed < 6
+    # It returns on its own timeout (the router never answers); the bound only catches a hang,
+    # loose because salt-call alone takes seconds on a loaded machine.
+    assert result.rc == 1 and "0.7" in result.stderr and elapsed < 60
     health = env.call("cjdns.health", str(conf), "timeout=0.5")
     assert health.data["healthy"] is False and "admin API does not answer" in health.data["problems"][-1]
 
