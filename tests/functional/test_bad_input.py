@@ -58,10 +58,53 @@ PILLAR_CASES = [
     ({"install": {"source": {"repo": "git@github.com:x/y"}}}, "cjdns.install.source.repo: 'git@github.com:x/y' must be an https:// URL"),
     ({"paths": {"config": "etc/cjdns.conf"}}, "cjdns.paths.config: 'etc/cjdns.conf' must be an absolute path"),
     ({"node": {"tun_device": "a-very-long-tun-name"}}, "cjdns.node.tun_device: 'a-very-long-tun-name' is not a Linux interface name"),
-    ({"node": {"admin_password": "x" * 60}}, "cjdns.node.admin_password: longer than 53 characters"),
+    ({"node": {"admin_password": "x" * 60}}, "cjdns.node.admin_password: longer than 53 bytes"),
+    ({"node": {"admin_password": "NONE"}}, 'cjdns.node.admin_password: "NONE" turns off cjdroute\'s admin authentication'),
+    ({"node": {"admin_password": 918273645}}, "cjdns.node.admin_password: an integer (value not shown) must be a string"),
+    ({"node": {"tun_device": "tun:0"}}, "cjdns.node.tun_device: 'tun:0' is not a Linux interface name: ':' not allowed"),
+    ({"node": {"tun_device": "tun 0"}}, "cjdns.node.tun_device: 'tun 0' is not a Linux interface name: ' ' not allowed"),
+    ({"node": {"tun_device": "tun%d"}}, "cjdns.node.tun_device: 'tun%d' is not a Linux interface name: '%' not allowed"),
+    ({"node": {"tun_device": ".."}}, "cjdns.node.tun_device: '..' is not a Linux interface name (1-15 characters, not '.' or '..')"),
+    ({"node": {"tun_device": 'tun"0'}}, "cjdns.node.tun_device: 'tun\"0' is not a Linux interface name"),
+    ({"node": {"blackhole_metric": 100}}, "cjdns.node.blackhole_metric: 100 must be 257-4294967295: above the metric of cjdroute's own"),
+    ({"node": {"blackhole_metric": 2 ** 32}}, "cjdns.node.blackhole_metric: 4294967296 must be 257-4294967295"),
+    ({"node": {"blackhole_metric": "500"}}, "cjdns.node.blackhole_metric: '500' must be an integer"),
+    ({"node": {"authorized_passwords": {"alice": {"ipv6": "2001:db8::1"}}}},
+     "cjdns.node.authorized_passwords.alice.ipv6: '2001:db8::1' is not a cjdns address (fc00::/8)"),
+    ({"node": {"authorized_passwords": {"alice": {"ipv6": "fc00::zz"}}}},
+     "cjdns.node.authorized_passwords.alice.ipv6: 'fc00::zz' is not an IPv6 address"),
+    ({"node": {"log_to": "/var/log/cjdns"}}, "cjdns.node.log_to: '/var/log/cjdns' must be 'stdout' or empty"),
+    ({"node": {"service": "cjdns.service"}}, "cjdns.node.service: 'cjdns.service' is not a systemd unit name"),
+    ({"node": {"service": "cj dns"}}, "cjdns.node.service: 'cj dns' is not a systemd unit name"),
+    ({"node": {"min_established_peers": -1}}, "cjdns.node.min_established_peers: -1 must be 0 or more"),
+    ({"node": {"dns_seeds": ["seed..example"]}}, "cjdns.node.dns_seeds: must be a list of host names"),
+    ({"paths": {"confdir": "/etc"}}, "cjdns.paths.confdir: '/etc' is a system directory"),
+    ({"paths": {"config": "/etc/cjdns/../cjdroute.conf"}}, "cjdns.paths.config: '/etc/cjdns/../cjdroute.conf' is not normalised (write it as '/etc/cjdroute.conf')"),
+    ({"paths": {"confdir": "/etc/cjdns/"}}, "cjdns.paths.confdir: '/etc/cjdns/' is not normalised (write it as '/etc/cjdns')"),
+    ({"paths": {"unit": "/etc/systemd//system/cjdns.service"}}, "cjdns.paths.unit: '/etc/systemd//system/cjdns.service' is not normalised"),
+    ({"paths": {"firewall": "/rw/config/qubes-firewall.d/50 cjdns"}}, "cjdns.paths.firewall: '/rw/config/qubes-firewall.d/50 cjdns' may only hold letters"),
+    ({"paths": {"template_keys": "/var/lib"}}, "cjdns.paths.template_keys: '/var/lib' is a system directory"),
+    ({"paths": {"config": "/etc/cjdroute.conf"}}, "cjdns.paths.config: '/etc/cjdroute.conf' must be directly in cjdns.paths.confdir ('/etc/cjdns')"),
+    ({"paths": {"rw_bind_dirs": "rw/bind-dirs"}}, "cjdns.paths.rw_bind_dirs: 'rw/bind-dirs' must be an absolute path"),
+    ({"install": {"prefix": "usr/bin"}}, "cjdns.install.prefix: 'usr/bin' must be an absolute path"),
+    ({"install": {"source": {"builddir": "/usr/local"}}}, "cjdns.install.source.builddir: '/usr/local' is a system directory"),
+    ({"install": {"tools": ["../../sbin/cjdnstool"]}}, "cjdns.install.tools[0]: '../../sbin/cjdnstool' is not a bare file name"),
+    ({"install": {"tools": ["."]}}, "cjdns.install.tools[0]: '.' is not a bare file name"),
+    ({"install": {"source": {"build_deps": ["gcc; reboot"]}}}, "cjdns.install.source.build_deps[0]: 'gcc; reboot' is not a Debian package name"),
+    ({"install": {"source": {"build_env": {"A B": "1"}}}}, "cjdns.install.source.build_env: 'A B' is not an environment variable name"),
+    ({"install": {"source": {"build_timeout": 0}}}, "cjdns.install.source.build_timeout: 0 must be 1-86400 seconds"),
+    ({"install": {"source": {"proxy": "127.0.0.1:8082"}}}, "cjdns.install.source.proxy: '127.0.0.1:8082' must be http://host:port"),
     ({"node": {"dns_seeds": "seed.example"}}, "cjdns.node.dns_seeds: 'seed.example' must be a list"),
     ({"node": {"peers": {"peer.example:1": {"password": "p", "publicKey": GOOD_KEY}}}},
      "cjdns.node.peers.peer.example:1: 'peer.example' is not an IP address"),
+    ({"node": {"peers": {"0.0.0.0:1": {"password": "p", "publicKey": GOOD_KEY}}}},
+     "cjdns.node.peers.0.0.0.0:1: 0.0.0.0 is the unspecified address, not a peer's"),
+    ({"node": {"peers": {"[fe80::1%eth0]:1": {"password": "p", "publicKey": GOOD_KEY}}}},
+     "cjdns.node.peers.[fe80::1%eth0]:1: 'fe80::1%eth0' has a zone id"),
+    ({"node": {"peers": {"[2001:db8::1]:1": {"password": "p", "publicKey": GOOD_KEY},
+                         "[2001:0DB8::1]:01": {"password": "p", "publicKey": GOOD_KEY}}}},
+     # (the pillar file lists keys sorted, so 0DB8 comes first)
+     "cjdns.node.peers.[2001:db8::1]:1: the same peer as [2001:0DB8::1]:01"),
     ({"node": {"compromised_keys": ["nope.k"]}}, "cjdns.node.compromised_keys: 'nope.k': too short"),
     ({"node": {"min_established_peers": "one"}}, "cjdns.node.min_established_peers: 'one' must be an integer or null"),
     ({"packages": {"extra": ["Python3-Cryptography"]}},
@@ -85,6 +128,15 @@ def test_bad_pillar_is_refused_with_field_and_reason(tmp_path, override, reason)
     ret = pillar_check(tmp_path, {"cjdns": override})
     assert ret["result"] is False and reason in ret["comment"], ret["comment"]
     assert ret["changes"] == {}
+
+
+def test_every_bad_field_is_named_in_one_comment(tmp_path):
+    override = {"node": {"tun_device": "tun:0", "blackhole_metric": 1, "admin_password": "NONE"},
+                "paths": {"confdir": "/etc"}, "install": {"tools": ["a/b"]}}
+    ret = pillar_check(tmp_path, {"cjdns": override})
+    assert ret["result"] is False
+    for field in ("node.tun_device", "node.blackhole_metric", "node.admin_password", "paths.confdir", "install.tools[0]"):
+        assert f"\n- cjdns.{field}: " in ret["comment"], (field, ret["comment"])
 
 
 def test_valid_pillar_passes(tmp_path):
@@ -146,7 +198,7 @@ def test_check_config_names_semantic_problems(salt, tmp_path, edit, reason):
 @pytest.mark.parametrize("peer, reason", [
     ({"password": "p"}, "publicKey: missing"),
     ({"publicKey": GOOD_KEY}, "password: missing"),
-    ({"publicKey": GOOD_KEY, "password": "p q"}, "password: a password must be printable ASCII without spaces"),
+    ({"publicKey": GOOD_KEY, "password": "p\tq"}, "password: a password must not contain control characters"),
     ({"publicKey": GOOD_KEY[:-3] + "1.k", "password": "p"}, "publicKey: not a cjdns key"),
     ({"publicKey": GOOD_KEY, "password": "p", "location": "x"}, "location: unknown field"),
     ({"publicKey": GOOD_KEY, "password": "p", "login": 5}, "login: must be a string"),
