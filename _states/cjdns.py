@@ -15,6 +15,7 @@ leaves every file as it was. ``changes`` never holds a private key or a password
 """
 
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -364,7 +365,8 @@ def _authorized(cj: Any, text: str, wanted: dict, record: dict, changes: dict) -
         desired["password"] = options.get("password") or (old or {}).get("password") or cj.random_password(31)
         desired["user"] = user
         if options.get("ipv6"):
-            desired["ipv6"] = options["ipv6"]
+            # As cjdroute prints addresses (8 groups of 4 digits), whatever the spelling in pillar.
+            desired["ipv6"] = ipaddress.IPv6Address(options["ipv6"]).exploded
         if old == desired:
             continue
         label = f"authorizedPasswords.{user}"
@@ -401,8 +403,6 @@ def _tun_name_problem(tun: Any) -> str | None:
 
 
 def _mesh_address_problem(value: Any) -> str | None:
-    import ipaddress
-
     if not isinstance(value, str):
         return f"must be a string, not {_type_name(value)}"
     try:
@@ -1382,6 +1382,14 @@ def _shape_problems(value: Any, default: Any, where: str) -> list[str]:
     return problems
 
 
+def _well_typed(value: Any, default: Any, where: str) -> Any:
+    """``value`` with every part _shape_problems reports replaced by its default (unknown keys
+    dropped), so the value checks can still run on the rest and name every bad field at once."""
+    if _shape_problems(value, default, where) == [] or not isinstance(default, Mapping) or not isinstance(value, Mapping):
+        return value if _shape_problems(value, default, where) == [] else default
+    return {key: _well_typed(sub, default[key], f"{where}.{key}") for key, sub in value.items() if key in default}
+
+
 # Debian Policy 5.6.1: lower case letters, digits, "+", "-", "."; at least two characters,
 # starting with a letter or digit (so never an apt option).
 _DEBIAN_PACKAGE = r"[a-z0-9][a-z0-9+.-]+"
@@ -1557,11 +1565,11 @@ def pillar_valid(name: str = "cjdns", defaults: dict | None = None) -> dict:
     defaults = defaults or {}
     pillar = _pillar(name, {})
     problems = _shape_problems(pillar, defaults, name)
-    if not problems:
-        try:
-            problems = _value_problems(_merge(defaults, pillar))
-        except (KeyError, TypeError) as error:
-            problems = [f"{name}: {error}"]
+    try:
+        if defaults:
+            problems += _value_problems(_merge(defaults, _well_typed(pillar, defaults, name)))
+    except (KeyError, TypeError) as error:  # never the error's text: it may quote a value
+        problems.append(f"{name}: {type(error).__name__} while checking values")
     if not problems and __grains__.get("id") == "dom0" and "qvm.check" in __salt__:
         cfg = _merge(defaults, pillar)["qubes"]
         # Clients are checked by cjdns.qubes_owned: an uninstall must go on without them.
