@@ -19,6 +19,7 @@ import ipaddress
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 import time
@@ -1649,26 +1650,80 @@ def bound(name: str, rw_root: str = "/rw/bind-dirs") -> dict:
     return ret
 
 
-def adopted(name: str, sources: list | None = None, backup: str | None = None) -> dict:
+def _regular_file(path: str) -> bool:
+    """A regular file itself (never through a symbolic link)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _backup_cleanup(ret: dict, name: str, backup: str, keep_backup: bool) -> dict:
+    """``name`` is adopted already: a backup holding a key goes once ``name`` is a config the
+    formula can edit (kept, 0600, only with ``keep_backup``)."""
+    cj = _cj()
+    if not os.path.lexists(backup):
+        return ret
+    if keep_backup:
+        mode = os.lstat(backup).st_mode
+        if stat.S_ISREG(mode) and stat.S_IMODE(mode) != 0o600:
+            ret["changes"]["backup_mode"] = {"old": oct(stat.S_IMODE(mode)), "new": "0o600"}
+            if _test():
+                ret["result"] = None
+            else:
+                os.chmod(backup, 0o600)
+        ret["comment"] += f"; kept the backup {backup} (keep_manual_backup), mode 0600"
+        return ret
+    try:
+        cj._require_strict(cj.read_config(name))
+    except (cj.CjdnsError, OSError) as error:
+        ret["comment"] += f"; kept the backup {backup}: {name} is not a config the formula can edit yet ({error})"
+        return ret
+    ret["changes"]["removed"] = [backup]
+    if _test():
+        ret.update(result=None, comment=ret["comment"] + f"; would remove the backup {backup} (a copy of the key)")
+        return ret
+    os.unlink(backup)
+    ret["comment"] += f"; removed the backup {backup} (a copy of the key)"
+    return ret
+
+
+def adopted(name: str, sources: list | None = None, backup: str | None = None, keep_backup: bool = False) -> dict:
     """Adopt a config made by hand (the Qubes manual's /rw/bind-dirs/etc/cjdroute.conf) as
-    ``name``: the same bytes, a 0600 backup at ``backup``, and the old file removed so no
-    other copy of the private key is left. Nothing happens when ``name`` already exists.
+    ``name``: the same bytes; the old file removed only once ``name`` holds them, so no
+    other copy of the private key is left. A symbolic link among ``sources`` is refused (the
+    key would stay behind it), and so is a config the formula could not edit afterwards (no
+    ``"version": 2``): nothing changes until it is fixed. ``keep_backup`` keeps a 0600 copy at
+    ``backup``; without it, a backup left by an earlier adoption is removed.
     """
     cj = _cj()
     ret = _ret(name)
-    source = next((p for p in (sources or []) if os.path.isfile(p)), None)
-    if os.path.lexists(name) or source is None:
-        ret["comment"] = "nothing to adopt" if source is None else f"{name} exists; {source} left alone"
-        return ret
+    backup = backup or f"{name}.manual-backup"
+    sources = list(sources or [])
+    found = [p for p in sources if os.path.lexists(p)]
+    if os.path.lexists(name) or not found:
+        ret["comment"] = "nothing to adopt" if not found else f"{name} exists; {', '.join(found)} left alone"
+        try:
+            return _backup_cleanup(ret, name, backup, keep_backup) if os.path.lexists(name) else ret
+        except OSError as error:
+            return _fail(ret, f"{backup}: {error}")
+    links = [p for p in found if os.path.islink(p)]
+    if links:
+        return _fail(ret, f"{links[0]} is a symbolic link (to {os.readlink(links[0])}); refusing to adopt through it: "
+                          "the key would stay in the file it points to. Put that file in its place "
+                          "(or remove the link), then re-apply; nothing was changed")
+    source = found[0]
+    if not _regular_file(source):
+        return _fail(ret, f"{source} is not a regular file; refusing to adopt it; nothing was changed")
     try:
         text = cj.read_text(source)
-        cj.parse(text)
+        cj._require_strict(cj.parse(text))
     except cj.ConfigSyntaxError as error:
-        return _fail(ret, f"{source}:{error.line}:{error.column}: {error.reason} (fix it, then re-apply to adopt it)")
+        return _fail(ret, f"{source}:{error.line}:{error.column}: {error.reason} (fix it, then re-apply to adopt it; "
+                          "nothing was changed)")
     except (cj.CjdnsError, OSError) as error:
         return _fail(ret, f"{source}: {error}")
-    backup = backup or f"{name}.manual-backup"
-    legacy = [p for p in (sources or []) if p != source and (os.path.lexists(p) or _mounted(p))]
+    legacy = [p for p in sources if p != source and (os.path.lexists(p) or _mounted(p))]
     # Remember the template's key found beneath the manual's single-file bind before that bind
     # goes: cjdns.identity must still recognise it later in this run.
     for path in legacy:
@@ -1683,16 +1738,25 @@ def adopted(name: str, sources: list | None = None, backup: str | None = None) -
                     return _fail(ret, str(error))
                 continue
             __context__.setdefault("cjdns.template_public_keys", {})[public] = path
-    ret["changes"] = {"adopted": {"old": source, "new": name}, "backup": backup, "removed": [source, *legacy]}
+    kept = [backup] if keep_backup else []
+    stale = [backup] if os.path.lexists(backup) and not keep_backup else []
+    ret["changes"] = {"adopted": {"old": source, "new": name}, "removed": [source, *legacy, *stale]}
+    if kept:
+        ret["changes"]["backup"] = backup
     if _test():
         __context__.setdefault("cjdns.preview", {})[os.path.abspath(name)] = text
-        ret.update(result=None, comment=f"would adopt {source} as {name} (backup {backup}) and remove {source}")
+        ret.update(result=None, comment=f"would adopt {source} as {name}" + (f" (backup {backup})" if kept else "")
+                   + f" and remove {', '.join([source, *legacy, *stale])}")
         return ret
+    data = text.encode("utf-8", "surrogateescape")
     try:
         os.makedirs(os.path.dirname(name), mode=0o700, exist_ok=True)
-        data = text.encode("utf-8", "surrogateescape")
-        cj.atomic_write(backup, data, 0o600)
         cj.atomic_write(name, data, 0o600)
+        with open(name, "rb") as handle:
+            if handle.read() != data:
+                raise OSError(f"{name} does not hold what was written; {source} kept")
+        for path in kept:
+            cj.atomic_write(path, data, 0o600)
         os.unlink(source)
         for path in legacy:
             # The manual's single-file bind: unmount it (the file under it, in this qube's
@@ -1701,9 +1765,12 @@ def adopted(name: str, sources: list | None = None, backup: str | None = None) -
                 subprocess.run(["umount", "--lazy", "--", path], check=True, capture_output=True)
             if os.path.lexists(path):
                 os.unlink(path)
+        for path in stale:
+            os.unlink(path)
     except (OSError, subprocess.CalledProcessError) as error:
         return _fail(ret, f"adopting {source}: {error}")
-    ret["comment"] = f"adopted {source} as {name}, kept a 0600 backup in {backup}, removed {', '.join([source, *legacy])}"
+    ret["comment"] = (f"adopted {source} as {name}" + (f", kept a 0600 backup in {backup}" if kept else "")
+                      + f", removed {', '.join([source, *legacy, *stale])}")
     return ret
 
 
