@@ -182,6 +182,9 @@ def identity(name: str, compromised_keys: list | None = None, template_keys: str
 
     def body(ret: dict) -> dict:
         cj = _cj()
+        problems = _check_settings({"udp_port": udp_port, "admin_bind": admin_bind, "tun_device": tun_device})
+        if problems:
+            raise cj.ConfigError("; ".join(problems))
         old = _read(name)
         if old is None:
             ident = _new_identity(cj)

@@ -278,3 +278,19 @@ def test_no_space_left(tmp_path):
     conf_sums = [s for s in sums if s.endswith("cjdroute.conf")]
     assert len(conf_sums) == 2 and conf_sums[0] == conf_sums[1]
     assert not [s for s in sums if ".tmp" in s]
+
+
+@pytest.mark.parametrize("kwargs, reason", [
+    ({"tun_device": "tun:0"}, "tun_device: 'tun:0' is not a Linux interface name"),
+    ({"udp_port": 70000}, "udp_port: 70000 is not a port number"),
+    ({"admin_bind": "localhost:11234"}, "admin_bind: 'localhost' is not an IP address"),
+])
+def test_identity_checks_its_own_arguments_before_writing(salt, tmp_path, kwargs, reason):
+    """Called alone (state.single, or an SLS without cjdns.pillar), the state still refuses."""
+    for existing in (False, True):
+        if existing:
+            (tmp_path / "cjdroute.conf").write_text(GENCONF)
+        before = sha(tmp_path)
+        ret = single(salt, "cjdns.identity", name=str(tmp_path / "cjdroute.conf"), **kwargs)
+        assert ret["result"] is False and reason in ret["comment"], ret["comment"]
+        assert sha(tmp_path) == before
