@@ -294,3 +294,43 @@ def test_identity_checks_its_own_arguments_before_writing(salt, tmp_path, kwargs
         ret = single(salt, "cjdns.identity", name=str(tmp_path / "cjdroute.conf"), **kwargs)
         assert ret["result"] is False and reason in ret["comment"], ret["comment"]
         assert sha(tmp_path) == before
+
+
+@pytest.mark.parametrize("peers, reason", [
+    ({"192.0.2.9:80": {"password": "p", "publicKey": GOOD_KEY}, "192.0.2.9:0080": {"password": "p", "publicKey": GOOD_KEY}},
+     "peers.192.0.2.9:0080: the same peer as 192.0.2.9:80"),
+    ({"[::]:5": {"password": "p", "publicKey": GOOD_KEY}}, "peers.[::]:5: :: is the unspecified address, not a peer's"),
+    ({"[fe80::1%eth0]:5": {"password": "p", "publicKey": GOOD_KEY}}, "peers.[fe80::1%eth0]:5: 'fe80::1%eth0' has a zone id"),
+    ({"255.255.255.255:5": {"password": "p", "publicKey": GOOD_KEY}}, "is the broadcast address, not a peer's"),
+])
+def test_peers_that_are_one_peer_or_no_peer_fail_the_peers_state(salt, tmp_path, peers, reason):
+    conf = tmp_path / "cjdroute.conf"
+    conf.write_text(GENCONF)
+    before = sha(tmp_path)
+    for test in (True, False):
+        ret = single(salt, "cjdns.peers", name=str(conf), peers=peers, test=test)
+        assert ret["result"] is False and reason in ret["comment"], ret["comment"]
+        assert sha(tmp_path) == before
+
+
+def test_a_connect_to_of_the_wrong_type_fails_the_peers_state(salt, tmp_path):
+    conf = tmp_path / "cjdroute.conf"
+    conf.write_text(cj.set_path(GENCONF, ("interfaces", "UDPInterface", 0, "connectTo"), [{"password": "p"}]))
+    before = sha(tmp_path)
+    ret = single(salt, "cjdns.peers", name=str(conf), peers={"192.0.2.1:1": {"password": "p", "publicKey": GOOD_KEY}})
+    assert ret["result"] is False, ret["comment"]
+    assert "interfaces/UDPInterface/0/connectTo: is a list, not an object; cjdroute ignores it" in ret["comment"]
+    assert sha(tmp_path) == before
+    check = salt["cjdns.check_config"](str(conf))
+    assert any("connectTo: is a list, not an object" in w for w in check["warnings"])
+
+
+def test_peer_strings_with_spaces_pass_the_peers_state_and_check_config(salt, tmp_path):
+    """cjdroute v20.7 takes them (--cleanconf, and two nodes with such credentials peer)."""
+    conf = tmp_path / "cjdroute.conf"
+    conf.write_text(GENCONF)
+    peer = {"password": "a pass phrase", "publicKey": GOOD_KEY, "login": "my login", "peerName": "my peer"}
+    ret = single(salt, "cjdns.peers", name=str(conf), peers={"192.0.2.1:1": peer})
+    assert ret["result"] is True and ret["changes"] == {"added": ["192.0.2.1:1 (my peer)"]}, ret
+    assert salt["cjdns.check_config"](str(conf))["ok"] is True
+    assert cj.loads(conf.read_text())["interfaces"]["UDPInterface"][0]["connectTo"]["192.0.2.1:1"] == peer
