@@ -29,7 +29,6 @@ from typing import Any, Callable
 __virtualname__ = "cjdns"
 
 HIDDEN = "<hidden>"
-_HOST_NAME = re.compile(r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 NEW_KEY = "<new key, made on apply>"
 RECORD = ".cjdns-formula.json"
 
@@ -389,6 +388,10 @@ def _authorized(cj: Any, text: str, wanted: dict, record: dict, changes: dict) -
     if edits:
         text = cj.edit(text, ("authorizedPasswords",), edits)
     return text, sorted(wanted)
+
+
+# A DNS host name (RFC 1123 labels), for router.dnsSeeds.
+_HOST_NAME = re.compile(r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 
 def _tun_name_problem(tun: Any) -> str | None:
@@ -1357,8 +1360,10 @@ def _is_secret(where: str) -> bool:
 def _shown(value: Any, where: str) -> str:
     """A wrong value as a comment may show it: a plain value outside the secret keys as
     itself; a secret or a mapping/list (which may hold secrets) only by its type."""
-    if _is_secret(where) or isinstance(value, (Mapping, list, tuple, set)):
-        return f"{_type_name(value)} (value not shown)" if _is_secret(where) else _type_name(value)
+    if _is_secret(where):
+        return f"{_type_name(value)} (value not shown)"
+    if isinstance(value, (Mapping, list, tuple, set)):
+        return _type_name(value)
     return repr(value)
 
 
@@ -1438,7 +1443,7 @@ def _path_problem(path: Any, owned: bool) -> str | None:
         return f"must be a string, not {_type_name(path)}"
     if not path.startswith("/"):
         return f"{path!r} must be an absolute path"
-    if posixpath.normpath(path) != path or path.startswith("//") or "/./" in path + "/" or "/../" in path + "/":
+    if posixpath.normpath(path) != path or path.startswith("//"):
         return f"{path!r} is not normalised (write it as {posixpath.normpath(path)!r})"
     if path != "/" and not re.fullmatch(_PATH, path):
         return f"{path!r} may only hold letters, digits and '/', '_', '.', '+', '@', '-'"
