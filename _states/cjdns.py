@@ -1666,6 +1666,32 @@ def _regular_file(path: str) -> bool:
         return False
 
 
+def _interrupted_adoption(ret: dict, name: str, found: list) -> None:
+    """``name`` is adopted already. A source still holding exactly its bytes is what an
+    adoption stopped between writing ``name`` and removing the source left: it goes (another
+    copy of the key). Any other source is the user's and stays."""
+    with open(name, "rb") as handle:
+        adopted_bytes = handle.read()
+    leftovers = []
+    for path in found:
+        if _regular_file(path) and not _mounted(path):
+            with open(path, "rb") as handle:
+                if handle.read() == adopted_bytes:
+                    leftovers.append(path)
+    others = [p for p in found if p not in leftovers]
+    ret["comment"] = f"{name} exists" + (f"; {', '.join(others)} left alone" if others else "")
+    if not leftovers:
+        return
+    ret["changes"]["removed"] = leftovers
+    if _test():
+        ret["result"] = None
+        ret["comment"] += f"; would remove {', '.join(leftovers)} (the same bytes as {name}: an interrupted adoption)"
+        return
+    for path in leftovers:
+        os.unlink(path)
+    ret["comment"] += f"; removed {', '.join(leftovers)} (the same bytes as {name}: an interrupted adoption)"
+
+
 def _backup_cleanup(ret: dict, name: str, backup: str, keep_backup: bool) -> dict:
     """``name`` is adopted already: a backup holding a key goes once ``name`` is a config the
     formula can edit (kept, 0600, only with ``keep_backup``)."""
@@ -1687,7 +1713,7 @@ def _backup_cleanup(ret: dict, name: str, backup: str, keep_backup: bool) -> dic
     except (cj.CjdnsError, OSError) as error:
         ret["comment"] += f"; kept the backup {backup}: {name} is not a config the formula can edit yet ({error})"
         return ret
-    ret["changes"]["removed"] = [backup]
+    ret["changes"]["removed"] = ret["changes"].get("removed", []) + [backup]
     if _test():
         ret.update(result=None, comment=ret["comment"] + f"; would remove the backup {backup} (a copy of the key)")
         return ret
@@ -1710,11 +1736,14 @@ def adopted(name: str, sources: list | None = None, backup: str | None = None, k
     sources = list(sources or [])
     found = [p for p in sources if os.path.lexists(p)]
     if os.path.lexists(name) or not found:
-        ret["comment"] = "nothing to adopt" if not found else f"{name} exists; {', '.join(found)} left alone"
         try:
-            return _backup_cleanup(ret, name, backup, keep_backup) if os.path.lexists(name) else ret
+            if not os.path.lexists(name):
+                ret["comment"] = "nothing to adopt"
+                return ret
+            _interrupted_adoption(ret, name, found)
+            return _backup_cleanup(ret, name, backup, keep_backup)
         except OSError as error:
-            return _fail(ret, f"{backup}: {error}")
+            return _fail(ret, f"{name}: {error}")
     links = [p for p in found if os.path.islink(p)]
     if links:
         return _fail(ret, f"{links[0]} is a symbolic link (to {os.readlink(links[0])}); refusing to adopt through it: "

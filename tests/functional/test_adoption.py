@@ -146,3 +146,24 @@ def test_a_manual_config_that_is_not_a_regular_file_is_refused(salt, layout):
     layout["source"].unlink()
     layout["source"].mkdir()
     refused(salt, layout, "is not a regular file")
+
+
+def test_an_interrupted_adoption_is_finished(salt, layout):
+    """Stopped after writing the adopted config, before removing the source: the source, the
+    same bytes and so another copy of the key, goes on the next apply."""
+    layout["name"].write_text(GENCONF)
+    before = tree(layout["root"])
+    dry = adopt(salt, layout, test=True)
+    assert dry["result"] is None and dry["changes"] == {"removed": [str(layout["source"])]}
+    assert tree(layout["root"]) == before
+    ret = adopt(salt, layout)
+    assert ret["result"] is True and ret["changes"] == dry["changes"] and not layout["source"].exists()
+    assert key_copies(layout["root"]) == ["etc-cjdns/cjdroute.conf"]
+
+
+def test_a_manual_config_that_differs_from_the_adopted_one_is_left_alone(salt, layout):
+    layout["name"].write_text(GENCONF.replace('"beacon": 2', '"beacon": 0', 1))
+    before = tree(layout["root"])
+    ret = adopt(salt, layout)
+    assert ret["result"] is True and ret["changes"] == {} and f"{layout['source']} left alone" in ret["comment"]
+    assert tree(layout["root"]) == before
