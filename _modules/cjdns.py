@@ -989,7 +989,8 @@ def _split_endpoint(endpoint: Any) -> tuple[int, Any, int]:
         except ValueError:
             raise CjdnsError(f"{host4!r} is not an IPv4 address") from None
     if "%" in host6:
-        raise CjdnsError(f"{host6!r} has a zone id (%...): cjdroute cannot use one; give a global or LAN address")
+        # libuv's inet_pton, which cjdroute's Sockaddr_parse uses, drops the zone silently.
+        raise CjdnsError(f"{host6!r} has a zone id (%...), which cjdroute ignores; give an address without one")
     try:
         ip = ipaddress.IPv6Address(host6)
     except ValueError:
