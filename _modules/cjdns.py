@@ -968,8 +968,8 @@ PEER_FIELDS = ("password", "publicKey", "login", "peerName")
 _MESH = ipaddress.ip_network("fc00::/8")
 
 
-def endpoint_family(endpoint: Any) -> int:
-    """4 or 6 for a connectTo key `a.b.c.d:port` / `[v6]:port`; raises CjdnsError with the reason."""
+def _split_endpoint(endpoint: Any) -> tuple[int, Any, int]:
+    """(family, address, port) of a connectTo key `a.b.c.d:port` / `[v6]:port`; raises CjdnsError."""
     if not isinstance(endpoint, str):
         raise CjdnsError(f"must be a string 'a.b.c.d:port' or '[ipv6]:port', not {type(endpoint).__name__}")
     match = re.fullmatch(r"\[([^\]]*)\]:(\d{1,5})|([^:\[\]]+):(\d{1,5})", endpoint)
@@ -985,10 +985,12 @@ def endpoint_family(endpoint: Any) -> int:
         if not re.fullmatch(r"[0-9.]+", host4):
             raise CjdnsError(f"{host4!r} is not an IP address; cjdroute does not resolve hostnames")
         try:
-            ipaddress.IPv4Address(host4)
+            return 4, ipaddress.IPv4Address(host4), port
         except ValueError:
             raise CjdnsError(f"{host4!r} is not an IPv4 address") from None
-        return 4
+    if "%" in host6:
+        # libuv's inet_pton, which cjdroute's Sockaddr_parse uses, drops the zone silently.
+        raise CjdnsError(f"{host6!r} has a zone id (%...), which cjdroute ignores; give an address without one")
     try:
         ip = ipaddress.IPv6Address(host6)
     except ValueError:
@@ -998,20 +1000,58 @@ def endpoint_family(endpoint: Any) -> int:
             f"{ip} is a cjdns (fc00::/8) address; a peer is reached over the internet or LAN, "
             "not over cjdns itself"
         )
-    return 6
+    return 6, ip, port
 
 
-def _check_text_field(value: Any, what: str, max_len: int = 256) -> str | None:
+def endpoint_family(endpoint: Any) -> int:
+    """4 or 6 for a connectTo key `a.b.c.d:port` / `[v6]:port`; raises CjdnsError with the reason."""
+    return _split_endpoint(endpoint)[0]
+
+
+_NOT_A_PEERS = ", not a peer's"
+
+
+def peer_endpoint(endpoint: Any) -> str:
+    """A peer's endpoint in one spelling (IPv6 compressed lower case, port without leading
+    zeros), so two spellings of one peer compare equal; refuses addresses no peer can have."""
+    family, ip, port = _split_endpoint(endpoint)
+    plain = ip.ipv4_mapped or ip if family == 6 else ip
+    if plain.is_unspecified:
+        raise CjdnsError(f"{ip} is the unspecified address{_NOT_A_PEERS}")
+    if plain.is_multicast:
+        raise CjdnsError(f"{ip} is a multicast address{_NOT_A_PEERS}")
+    if plain == ipaddress.IPv4Address("255.255.255.255"):
+        raise CjdnsError(f"{ip} is the broadcast address{_NOT_A_PEERS}")
+    return f"{ip}:{port}" if family == 4 else f"[{ip.compressed}]:{port}"
+
+
+def endpoint_key(endpoint: Any) -> Any:
+    """What two connectTo keys are compared by: the normal spelling, or the key itself when
+    it is not a valid peer endpoint (a hand-added entry is compared as written)."""
+    try:
+        return peer_endpoint(endpoint)
+    except CjdnsError:
+        return endpoint
+
+
+# Configurator.c hands each connectTo entry to the core as one admin request, and the core
+# refuses requests over 512 bytes (ADMIN_MAX_REQUEST_BYTES): these bounds keep an entry well
+# inside that.
+_PEER_FIELD_BYTES = {"password": 256, "login": 64, "peerName": 64}
+
+
+def _check_text_field(value: Any, what: str, max_bytes: int = 256) -> str | None:
+    """cjdroute takes any string; written with \\xHH escapes for `"`, `\\` and non-ASCII.
+    Refused: empty, too long, and control characters (v20.7 refuses a raw newline or NUL and
+    a peer could not type them)."""
     if not isinstance(value, str):
         return f"must be a string, not {type(value).__name__}"
     if value == "":
         return "must not be empty"
-    if len(value) > max_len:
-        return f"longer than {max_len} characters"
-    if not all(0x20 < ord(c) < 0x7F for c in value):
-        return f"{what} must be printable ASCII without spaces"
-    if '"' in value or "\\" in value:
-        return f"{what} must not contain a double quote or a backslash"
+    if len(value.encode("utf-8", "surrogateescape")) > max_bytes:
+        return f"longer than {max_bytes} bytes"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        return f"{what} must not contain control characters (newline, tab, NUL...)"
     return None
 
 
@@ -1020,12 +1060,12 @@ def peer_problems(endpoint: Any, peer: Any, prefix: str = "peers") -> list[str]:
     where = f"{prefix}.{endpoint}"
     problems: list[str] = []
     try:
-        endpoint_family(endpoint)
+        peer_endpoint(endpoint)
     except CjdnsError as error:
         problems.append(f"{where}: {error}")
     if not isinstance(peer, dict):
-        return problems + [f"{where}: must be a mapping of {', '.join(PEER_FIELDS)}"]
-    for name in sorted(set(peer) - set(PEER_FIELDS)):
+        return problems + [f"{where}: must be a mapping of {', '.join(PEER_FIELDS)}, not {type(peer).__name__}"]
+    for name in sorted(set(peer) - set(PEER_FIELDS), key=str):
         problems.append(f"{where}.{name}: unknown field (allowed: {', '.join(PEER_FIELDS)})")
     if "publicKey" not in peer:
         problems.append(f"{where}.publicKey: missing")
@@ -1036,23 +1076,34 @@ def peer_problems(endpoint: Any, peer: Any, prefix: str = "peers") -> list[str]:
             problems.append(f"{where}.publicKey: {error}")
     if "password" not in peer:
         problems.append(f"{where}.password: missing")
-    else:
-        reason = _check_text_field(peer["password"], "a password")
-        if reason:
-            problems.append(f"{where}.password: {reason}")
-    for name in ("login", "peerName"):
+    for name, limit in _PEER_FIELD_BYTES.items():
         if name in peer:
-            reason = _check_text_field(peer[name], f"{name}", 64)
+            reason = _check_text_field(peer[name], "a password" if name == "password" else name, limit)
             if reason:
                 problems.append(f"{where}.{name}: {reason}")
     return problems
 
 
+def _duplicate_endpoints(endpoints: list) -> dict:
+    """{later spelling: first spelling} for endpoints that name the same peer."""
+    first: dict = {}
+    duplicates = {}
+    for endpoint in endpoints:
+        key = endpoint_key(endpoint)
+        if key in first:
+            duplicates[endpoint] = first[key]
+        else:
+            first[key] = endpoint
+    return duplicates
+
+
 def validate_peers(peers: Any, prefix: str = "peers") -> dict:
     """Check every peer; raise PeerError listing all problems; return the peers in field order."""
     if not isinstance(peers, dict):
-        raise PeerError([f"{prefix}: must be a mapping of 'address:port' to peer settings"])
+        raise PeerError([f"{prefix}: must be a mapping of 'address:port' to peer settings, not {type(peers).__name__}"])
     problems = [p for endpoint, peer in peers.items() for p in peer_problems(endpoint, peer, prefix)]
+    for endpoint, first in _duplicate_endpoints(list(peers)).items():
+        problems.append(f"{prefix}.{endpoint}: the same peer as {first} (one address and port, spelled twice)")
     if problems:
         raise PeerError(problems)
     return {
@@ -1069,6 +1120,11 @@ def _udp_interfaces(data: dict) -> tuple[Path, list]:
     if isinstance(block, list):
         return ("interfaces", "UDPInterface"), block
     return ("interfaces", "UDPInterface"), []
+
+
+def _block_path(data: dict, index: int) -> Path:
+    prefix, _ = _udp_interfaces(data)
+    return prefix if isinstance(get_path(data, prefix), dict) else prefix + (index,)
 
 
 def _bind_family(bind: Any) -> int | None:
@@ -1089,13 +1145,34 @@ def configured_peers(data: dict) -> dict:
     return found
 
 
-def _connect_to_path(data: dict, family: int) -> Path:
-    prefix, blocks = _udp_interfaces(data)
-    single = isinstance(get_path(data, prefix), dict)
+def connect_to_problems(data: dict) -> list[str]:
+    """Warnings: a connectTo that is not an object (cjdroute skips it, peers and all), and
+    one peer listed twice under two spellings."""
+    warnings = []
+    _, blocks = _udp_interfaces(data)
+    for index, block in enumerate(blocks):
+        connect_to = block.get("connectTo") if isinstance(block, dict) else None
+        where = "/".join(map(str, _block_path(data, index) + ("connectTo",)))
+        if connect_to is not None and not isinstance(connect_to, dict):
+            warnings.append(f"{where}: is {_kind(connect_to)}, not an object; cjdroute ignores it "
+                            "(peers go in an object keyed \"address:port\")")
+    for endpoint, first in _duplicate_endpoints(list(configured_peers(data))).items():
+        warnings.append(f"connectTo.{endpoint}: the same peer as {first} (one address and port, spelled twice); keep one")
+    return warnings
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "an empty list" if not value else "a list"
+    return {str: "a string", int: "an integer"}.get(type(value), type(value).__name__)
+
+
+def _peer_block(data: dict, family: int) -> tuple[Path, Any]:
+    """The path of the UDPInterface block of this family, and its connectTo value."""
+    _, blocks = _udp_interfaces(data)
     for index, block in enumerate(blocks):
         if isinstance(block, dict) and _bind_family(block.get("bind")) == family:
-            base = prefix if single else prefix + (index,)
-            return base + ("connectTo",)
+            return _block_path(data, index), block.get("connectTo")
     bind = "0.0.0.0:<port>" if family == 4 else "[::]:<port>"
     raise ConfigError(
         f"no interfaces.UDPInterface entry is bound to IPv{family} (\"bind\": \"{bind}\"); "
@@ -1114,39 +1191,59 @@ class PeerPlan:
 def merge_peers(text: str, peers: dict, exclusive: bool = False, prune: tuple = ()) -> PeerPlan:
     """Merge validated peers into the UDPInterface of their address family.
 
+    Endpoints are compared in one spelling (``peer_endpoint``): a pillar peer that a file
+    entry already names under another spelling updates that entry, which keeps its key.
     Hand-added peers are kept unless ``exclusive``; endpoints in ``prune`` (peers this
-    formula added earlier and pillar no longer lists) are removed either way.
+    formula added earlier and pillar no longer lists) are removed either way. A missing or
+    empty (``[]``) connectTo is filled; any other non-object one is an error.
     """
     doc = parse(text)
     _require_strict(doc)
     data = doc.data()
     current = configured_peers(data)
+    by_key: dict = {}
+    for endpoint in current:
+        by_key.setdefault(endpoint_key(endpoint), endpoint)
     plan: dict[Path, dict] = {}
+    fresh: dict[Path, dict] = {}  # blocks whose connectTo is written whole
     added, updated, removed = [], [], []
-    prefix, _ = _udp_interfaces(data)
-    single = isinstance(get_path(data, prefix), dict)
+    kept: set = set()
 
     def where(old: dict) -> Path:
-        return (prefix if single else prefix + (old["interface"],)) + ("connectTo",)
+        return _block_path(data, old["interface"]) + ("connectTo",)
 
     for endpoint, peer in peers.items():
-        path = _connect_to_path(data, endpoint_family(endpoint))
-        old = current.get(endpoint)
+        block, connect_to = _peer_block(data, endpoint_family(endpoint))
+        path = block + ("connectTo",)
+        if connect_to is not None and not isinstance(connect_to, dict) and connect_to != []:
+            raise ConfigError(f"{'/'.join(map(str, path))}: is {_kind(connect_to)}, not an object; "
+                              "cjdroute ignores it: make it an object keyed \"address:port\" (or remove it)")
+        existing = by_key.get(peer_endpoint(endpoint))
+        old = current.get(existing) if existing else None
+        key = existing or endpoint
         if old is None:
             added.append(endpoint)
         elif where(old) != path:  # hand-placed in the wrong family's interface: move it
-            plan.setdefault(where(old), {})[endpoint] = DELETE
+            plan.setdefault(where(old), {})[key] = DELETE
             updated.append(endpoint)
         elif {k: v for k, v in old.items() if k != "interface"} == peer:
+            kept.add(key)
             continue
         else:
             updated.append(endpoint)
-        plan.setdefault(path, {})[endpoint] = peer
+        kept.add(key)
+        if isinstance(connect_to, dict):
+            plan.setdefault(path, {})[key] = peer
+        else:
+            fresh.setdefault(block, {})[key] = peer
+    pruned = {endpoint_key(e) for e in prune}
     for endpoint, old in current.items():
-        if endpoint in peers or not (exclusive or endpoint in prune):
+        if endpoint in kept or not (exclusive or endpoint_key(endpoint) in pruned):
             continue
         plan.setdefault(where(old), {})[endpoint] = DELETE
         removed.append(endpoint)
+    for block, entries in fresh.items():
+        plan.setdefault(block, {})["connectTo"] = entries
     text = _edit_paths(text, plan, doc)
     return PeerPlan(text, sorted(added), sorted(updated), sorted(removed))
 
@@ -1402,9 +1499,11 @@ def config_problems(data: dict) -> tuple[list[str], list[str]]:
         fields = {k: v for k, v in peer.items() if k != "interface"}
         extra = sorted(set(fields) - set(PEER_FIELDS) - {"version"})
         for problem in peer_problems(endpoint, {k: v for k, v in fields.items() if k not in extra and k != "version"}, "connectTo"):
-            errors.append(problem)
+            # cjdroute starts with an address no peer can have (it just never connects): a warning.
+            (warnings if problem.endswith(_NOT_A_PEERS) else errors).append(problem)
         if extra:
             warnings.append(f"connectTo.{endpoint}: fields {', '.join(extra)} are ignored by cjdroute")
+    warnings += connect_to_problems(data)
     return errors, warnings
 
 

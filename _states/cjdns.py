@@ -15,8 +15,11 @@ leaves every file as it was. ``changes`` never holds a private key or a password
 """
 
 import hashlib
+import ipaddress
 import json
 import os
+import re
+import stat
 import subprocess
 import sys
 import time
@@ -178,6 +181,9 @@ def identity(name: str, compromised_keys: list | None = None, template_keys: str
 
     def body(ret: dict) -> dict:
         cj = _cj()
+        problems = _check_settings({"udp_port": udp_port, "admin_bind": admin_bind, "tun_device": tun_device})
+        if problems:
+            raise cj.ConfigError("; ".join(problems))
         old = _read(name)
         if old is None:
             ident = _new_identity(cj)
@@ -362,7 +368,8 @@ def _authorized(cj: Any, text: str, wanted: dict, record: dict, changes: dict) -
         desired["password"] = options.get("password") or (old or {}).get("password") or cj.random_password(31)
         desired["user"] = user
         if options.get("ipv6"):
-            desired["ipv6"] = options["ipv6"]
+            # As cjdroute prints addresses (8 groups of 4 digits), whatever the spelling in pillar.
+            desired["ipv6"] = ipaddress.IPv6Address(options["ipv6"]).exploded
         if old == desired:
             continue
         label = f"authorizedPasswords.{user}"
@@ -383,44 +390,95 @@ def _authorized(cj: Any, text: str, wanted: dict, record: dict, changes: dict) -
     return text, sorted(wanted)
 
 
+# A DNS host name (RFC 1123 labels), for router.dnsSeeds.
+_HOST_NAME = re.compile(r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def _tun_name_problem(tun: Any) -> str | None:
+    """Linux's dev_valid_name (net/core/dev.c): 1-15 bytes, not "." or "..", no '/', ':' or
+    whitespace. Also refused: '%' (the kernel would pick a name from a tun%d pattern, which the
+    firewall rules would not name) and characters that cannot sit in an nft or shell string."""
+    if not isinstance(tun, str):
+        return f"must be a string, not {_type_name(tun)}"
+    if not 1 <= len(tun.encode()) <= 15 or tun in (".", ".."):
+        return f"{tun!r} is not a Linux interface name (1-15 characters, not '.' or '..')"
+    bad = sorted({c for c in tun if c in "/:%\"'`$" or c.isspace() or not c.isprintable() or not c.isascii()})
+    if bad:
+        return (f"{tun!r} is not a Linux interface name: {' '.join(repr(c) for c in bad)} not allowed "
+                "(no '/', ':', '%', quotes, '$', whitespace or non-ASCII)")
+    return None
+
+
+def _mesh_address_problem(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return f"must be a string, not {_type_name(value)}"
+    try:
+        ip = ipaddress.IPv6Address(value)
+    except ValueError:
+        return f"{value!r} is not an IPv6 address"
+    if "%" in value or ip not in ipaddress.ip_network("fc00::/8"):
+        return f"{value!r} is not a cjdns address (fc00::/8): it names the one peer allowed to use this password"
+    return None
+
+
 def _check_settings(settings: dict) -> list[str]:
+    """Problems of the settings cjdns.config writes, as "field: reason". Secrets are named,
+    never shown."""
+    cj = _cj()
     problems = []
     port = settings.get("udp_port")
     if port not in (None, 0) and (not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535):
         problems.append(f"udp_port: {port!r} is not a port number (1-65535)")
     password = settings.get("admin_password")
-    if password:
-        reason = _cj()._check_text_field(password, "admin_password", 53)
+    if password not in (None, ""):
+        reason = cj._check_text_field(password, "admin_password", 53)
         if reason:
             problems.append(f"admin_password: {reason}" + (" (cjdroute's admin auth hashes only 63 bytes of password+cookie)" if "longer" in reason else ""))
+        elif password == "NONE":
+            problems.append("admin_password: \"NONE\" turns off cjdroute's admin authentication; "
+                            "leave it empty for a generated password, or give a real one")
     bind = settings.get("admin_bind")
     if bind is not None:
         try:
-            _cj().endpoint_family(bind)
-        except _cj().CjdnsError as error:
+            cj.endpoint_family(bind)
+        except cj.CjdnsError as error:
             problems.append(f"admin_bind: {error}")
-    for user, options in (settings.get("authorized_passwords") or {}).items():
-        if not isinstance(options, (dict, type(None))):
-            problems.append(f"authorized_passwords.{user}: must be a mapping (password, ipv6) or empty")
+    authorized = settings.get("authorized_passwords") or {}
+    if not isinstance(authorized, Mapping):
+        problems.append(f"authorized_passwords: must be a mapping of names, not {_type_name(authorized)} (value not shown)")
+        authorized = {}
+    for user, options in authorized.items():
+        if not isinstance(options, (Mapping, type(None))):
+            problems.append(f"authorized_passwords.{user}: must be a mapping (password, ipv6) or empty, "
+                            f"not {_type_name(options)} (value not shown)")
             continue
-        reason = _cj()._check_text_field(user, "a user name", 64)
+        reason = cj._check_text_field(user, "a user name", 64)
         if reason:
             problems.append(f"authorized_passwords.{user}: {reason}")
-        for key in sorted(set(options or {}) - {"password", "ipv6"}):
+        for key in sorted(set(options or {}) - {"password", "ipv6"}, key=str):
             problems.append(f"authorized_passwords.{user}.{key}: unknown field (allowed: password, ipv6)")
-        if options and options.get("password"):
-            reason = _cj()._check_text_field(options["password"], "a password")
+        if options and options.get("password") not in (None, ""):
+            reason = cj._check_text_field(options["password"], "a password")
             if reason:
                 problems.append(f"authorized_passwords.{user}.password: {reason}")
+        if options and options.get("ipv6") not in (None, ""):
+            reason = _mesh_address_problem(options["ipv6"])
+            if reason:
+                problems.append(f"authorized_passwords.{user}.ipv6: {reason}")
     tun = settings.get("tun_device")
-    if tun is not None and (not isinstance(tun, str) or not 1 <= len(tun) <= 15 or "/" in tun or " " in tun):
-        problems.append(f"tun_device: {tun!r} is not a Linux interface name (1-15 characters, no '/' or space)")
+    if tun is not None:
+        reason = _tun_name_problem(tun)
+        if reason:
+            problems.append(f"tun_device: {reason}")
     seeds = settings.get("dns_seeds")
-    if seeds is not None and (not isinstance(seeds, list) or not all(isinstance(s, str) and s for s in seeds)):
+    if seeds is not None and (not isinstance(seeds, list) or not all(isinstance(s, str) and _HOST_NAME.fullmatch(s) for s in seeds)):
         problems.append("dns_seeds: must be a list of host names (empty: no DNS-seed peering)")
     beacon = settings.get("beacon")
-    if beacon is not None and beacon not in (0, 1, 2):
+    if beacon is not None and (beacon not in (0, 1, 2) or isinstance(beacon, bool)):
         problems.append(f"beacon: {beacon!r} must be 0 (off), 1 (listen) or 2 (listen and send)")
+    log_to = settings.get("log_to")
+    if log_to not in (None, "", "stdout"):
+        problems.append(f"log_to: {log_to!r} must be 'stdout' or empty (cjdroute knows no other value)")
     return problems
 
 
@@ -1283,7 +1341,30 @@ _LABELS = ("red", "orange", "yellow", "green", "gray", "blue", "purple", "black"
 def _type_name(value: Any) -> str:
     if isinstance(value, Mapping):
         return "a mapping"
-    return {bool: "true/false", int: "an integer", str: "a string", list: "a list"}.get(type(value), type(value).__name__)
+    if value is None:
+        return "null"
+    return {bool: "true/false", int: "an integer", str: "a string", list: "a list",
+            float: "a decimal number"}.get(type(value), type(value).__name__)
+
+
+# Pillar keys that hold passwords (and everything below them): a problem there names the
+# field and the type it has, never the value (comments reach the minion log and Salt's cache).
+_SECRET_KEYS = ("node.admin_password", "node.peers", "node.authorized_passwords")
+
+
+def _is_secret(where: str) -> bool:
+    relative = where.split(".", 1)[-1]
+    return any(relative == key or relative.startswith(key + ".") for key in _SECRET_KEYS)
+
+
+def _shown(value: Any, where: str) -> str:
+    """A wrong value as a comment may show it: a plain value outside the secret keys as
+    itself; a secret or a mapping/list (which may hold secrets) only by its type."""
+    if _is_secret(where):
+        return f"{_type_name(value)} (value not shown)"
+    if isinstance(value, (Mapping, list, tuple, set)):
+        return _type_name(value)
+    return repr(value)
 
 
 def _shape_problems(value: Any, default: Any, where: str) -> list[str]:
@@ -1291,12 +1372,12 @@ def _shape_problems(value: Any, default: Any, where: str) -> list[str]:
 
     if default is None:
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-            return [f"{where}: {value!r} must be an integer or null"]
+            return [f"{where}: {_shown(value, where)} must be an integer or null"]
         return []
     # Salt hands pillar and state arguments over as dict, OrderedDict or (3008) MaskedDict.
     expected = Mapping if isinstance(default, Mapping) else type(default)
     if isinstance(default, bool) != isinstance(value, bool) or not isinstance(value, expected):
-        return [f"{where}: {value!r} must be {_type_name(default)}"]
+        return [f"{where}: {_shown(value, where)} must be {_type_name(default)}"]
     if not isinstance(default, Mapping) or where.split(".", 1)[-1] in _FREE_FORM:
         return []
     problems = []
@@ -1308,6 +1389,14 @@ def _shape_problems(value: Any, default: Any, where: str) -> list[str]:
         else:
             problems.extend(_shape_problems(sub, default[key], f"{where}.{key}"))
     return problems
+
+
+def _well_typed(value: Any, default: Any, where: str) -> Any:
+    """``value`` with every part _shape_problems reports replaced by its default (unknown keys
+    dropped), so the value checks can still run on the rest and name every bad field at once."""
+    if _shape_problems(value, default, where) == [] or not isinstance(default, Mapping) or not isinstance(value, Mapping):
+        return value if _shape_problems(value, default, where) == [] else default
+    return {key: _well_typed(sub, default[key], f"{where}.{key}") for key, sub in value.items() if key in default}
 
 
 # Debian Policy 5.6.1: lower case letters, digits, "+", "-", "."; at least two characters,
@@ -1327,9 +1416,88 @@ def _package_problems(packages: dict) -> list[str]:
     return problems
 
 
-def _value_problems(cfg: dict) -> list[str]:
-    import re
+# The kernel gives the TUN's own route metric 256 (IP6_RT_PRIO_USER); metrics are 32-bit.
+_ROUTE_METRIC = (256, 4294967295)
+_UNIT_NAME = r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}(?<!\.service)"
+# Paths go into unit files, shell scripts and nft rules, unquoted in some of them.
+_PATH = r"(/[A-Za-z0-9_.+@-]+)+"
+# Directories of the system the formula writes into but never owns: a path the formula owns
+# (a file it writes or removes, a directory it makes 0700 or deletes) can be none of them.
+_SYSTEM_DIRS = frozenset({
+    "/", "/bin", "/boot", "/dev", "/etc", "/home", "/home/user", "/lib", "/lib32", "/lib64", "/media", "/mnt",
+    "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/usr/bin", "/usr/lib",
+    "/usr/lib64", "/usr/libexec", "/usr/local", "/usr/local/bin", "/usr/local/lib", "/usr/local/sbin",
+    "/usr/local/src", "/usr/sbin", "/usr/share", "/usr/src", "/var", "/var/cache", "/var/lib", "/var/log",
+    "/var/run", "/var/tmp", "/etc/systemd", "/etc/systemd/system", "/etc/qubes-bind-dirs.d", "/etc/default",
+    "/rw", "/rw/config", "/rw/bind-dirs", "/rw/usrlocal", "/rw/config/qubes-bind-dirs.d",
+    "/rw/config/qubes-firewall.d", "/run/qubes-service",
+})
+# paths.* keys that name system directories the formula only writes into.
+_SYSTEM_PATH_KEYS = frozenset({"qubes_service_dir", "template_bind_dirs_dir", "qube_bind_dirs_dir", "rw_bind_dirs"})
 
+
+def _path_problem(path: Any, owned: bool) -> str | None:
+    import posixpath
+
+    if not isinstance(path, str):
+        return f"must be a string, not {_type_name(path)}"
+    if not path.startswith("/"):
+        return f"{path!r} must be an absolute path"
+    if posixpath.normpath(path) != path or path.startswith("//"):
+        return f"{path!r} is not normalised (write it as {posixpath.normpath(path)!r})"
+    if path != "/" and not re.fullmatch(_PATH, path):
+        return f"{path!r} may only hold letters, digits and '/', '_', '.', '+', '@', '-'"
+    if owned and path in _SYSTEM_DIRS:
+        return f"{path!r} is a system directory; the formula writes, changes the mode of or removes this path"
+    return None
+
+
+def _path_problems(cfg: dict) -> list[str]:
+    import posixpath
+
+    problems = []
+    paths = cfg["paths"]
+    for key, path in paths.items():
+        reason = _path_problem(path, key not in _SYSTEM_PATH_KEYS)
+        if reason:
+            problems.append(f"cjdns.paths.{key}: {reason}")
+    source = cfg["install"]["source"]
+    for where, path, owned in (("install.prefix", cfg["install"]["prefix"], False),
+                               ("install.source.builddir", source["builddir"], True)):
+        reason = _path_problem(path, owned)
+        if reason:
+            problems.append(f"cjdns.{where}: {reason}")
+    if not problems and posixpath.dirname(paths["config"]) != paths["confdir"]:
+        problems.append(f"cjdns.paths.config: {paths['config']!r} must be directly in cjdns.paths.confdir "
+                        f"({paths['confdir']!r}), the directory the formula keeps 0700 and persistent")
+    return problems
+
+
+def _install_problems(install: dict) -> list[str]:
+    problems = []
+    for index, tool in enumerate(install["tools"]):
+        if not isinstance(tool, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}", tool):
+            problems.append(f"cjdns.install.tools[{index}]: {tool!r:.80} is not a bare file name "
+                            "(letters, digits, '_', '.', '+', '-'; no '/')")
+    source = install["source"]
+    for index, name in enumerate(source["build_deps"]):
+        if not isinstance(name, str) or not re.fullmatch(_DEBIAN_PACKAGE, name):
+            problems.append(f"cjdns.install.source.build_deps[{index}]: {name!r:.80} is not a Debian package name")
+    for key, value in source["build_env"].items():
+        if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", key):
+            problems.append(f"cjdns.install.source.build_env: {key!r:.80} is not an environment variable name")
+        elif not isinstance(value, str) or any(ord(c) < 0x20 for c in value):
+            problems.append(f"cjdns.install.source.build_env.{key}: must be a string without control characters")
+    if not 1 <= source["build_timeout"] <= 86400:
+        problems.append(f"cjdns.install.source.build_timeout: {source['build_timeout']} must be 1-86400 seconds")
+    proxy = source["proxy"]
+    if proxy and not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?", proxy) \
+            and not re.fullmatch(r"https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?/?", proxy):
+        problems.append(f"cjdns.install.source.proxy: {proxy!r:.80} must be http://host:port (or empty)")
+    return problems
+
+
+def _value_problems(cfg: dict) -> list[str]:
     cj = _cj()
     problems = []
     q = cfg["qubes"]
@@ -1364,13 +1532,21 @@ def _value_problems(cfg: dict) -> list[str]:
     problems += [f"cjdns.{p}" for p in _check_install_args(
         install["method"], install["source"]["rev"], install["source"]["repo"],
         install["binary"]["url"], install["binary"]["sha256"])]
-    for key, path in cfg["paths"].items():
-        if not isinstance(path, str) or not path.startswith("/") or "\n" in path or "'" in path:
-            problems.append(f"cjdns.paths.{key}: {path!r} must be an absolute path")
+    problems += _path_problems(cfg)
+    problems += _install_problems(install)
     node = cfg["node"]
     problems += [f"cjdns.node.{p}" for p in _check_settings(node)]
     if not 1 <= node["udp_port"] <= 65535:
         problems.append(f"cjdns.node.udp_port: {node['udp_port']} is not a port number (1-65535)")
+    if not _ROUTE_METRIC[0] < node["blackhole_metric"] <= _ROUTE_METRIC[1]:
+        problems.append(f"cjdns.node.blackhole_metric: {node['blackhole_metric']} must be {_ROUTE_METRIC[0] + 1}-"
+                        f"{_ROUTE_METRIC[1]}: above the metric of cjdroute's own fc00::/8 route ({_ROUTE_METRIC[0]}), "
+                        "so the blackhole only catches traffic while cjdroute is down")
+    if not re.fullmatch(_UNIT_NAME, node["service"]):
+        problems.append(f"cjdns.node.service: {node['service']!r} is not a systemd unit name "
+                        "(letters, digits, '_', '.', '-', '@'; without '.service')")
+    if node["min_established_peers"] is not None and node["min_established_peers"] < 0:
+        problems.append(f"cjdns.node.min_established_peers: {node['min_established_peers']} must be 0 or more (or null)")
     try:
         cj.validate_peers(node["peers"], "cjdns.node.peers")
     except cj.PeerError as error:
@@ -1398,11 +1574,11 @@ def pillar_valid(name: str = "cjdns", defaults: dict | None = None) -> dict:
     defaults = defaults or {}
     pillar = _pillar(name, {})
     problems = _shape_problems(pillar, defaults, name)
-    if not problems:
-        try:
-            problems = _value_problems(_merge(defaults, pillar))
-        except (KeyError, TypeError) as error:
-            problems = [f"{name}: {error}"]
+    try:
+        if defaults:
+            problems += _value_problems(_merge(defaults, _well_typed(pillar, defaults, name)))
+    except (KeyError, TypeError) as error:  # never the error's text: it may quote a value
+        problems.append(f"{name}: {type(error).__name__} while checking values")
     if not problems and __grains__.get("id") == "dom0" and "qvm.check" in __salt__:
         cfg = _merge(defaults, pillar)["qubes"]
         # Clients are checked by cjdns.qubes_owned: an uninstall must go on without them.
@@ -1482,26 +1658,109 @@ def bound(name: str, rw_root: str = "/rw/bind-dirs") -> dict:
     return ret
 
 
-def adopted(name: str, sources: list | None = None, backup: str | None = None) -> dict:
+def _regular_file(path: str) -> bool:
+    """A regular file itself (never through a symbolic link)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _interrupted_adoption(ret: dict, name: str, found: list) -> None:
+    """``name`` is adopted already. A source still holding exactly its bytes is what an
+    adoption stopped between writing ``name`` and removing the source left: it goes (another
+    copy of the key). Any other source is the user's and stays."""
+    with open(name, "rb") as handle:
+        adopted_bytes = handle.read()
+    leftovers = []
+    for path in found:
+        if _regular_file(path) and not _mounted(path):
+            with open(path, "rb") as handle:
+                if handle.read() == adopted_bytes:
+                    leftovers.append(path)
+    others = [p for p in found if p not in leftovers]
+    ret["comment"] = f"{name} exists" + (f"; {', '.join(others)} left alone" if others else "")
+    if not leftovers:
+        return
+    ret["changes"]["removed"] = leftovers
+    if _test():
+        ret["result"] = None
+        ret["comment"] += f"; would remove {', '.join(leftovers)} (the same bytes as {name}: an interrupted adoption)"
+        return
+    for path in leftovers:
+        os.unlink(path)
+    ret["comment"] += f"; removed {', '.join(leftovers)} (the same bytes as {name}: an interrupted adoption)"
+
+
+def _backup_cleanup(ret: dict, name: str, backup: str, keep_backup: bool) -> dict:
+    """``name`` is adopted already: a backup holding a key goes once ``name`` is a config the
+    formula can edit (kept, 0600, only with ``keep_backup``)."""
+    cj = _cj()
+    if not os.path.lexists(backup):
+        return ret
+    if keep_backup:
+        mode = os.lstat(backup).st_mode
+        if stat.S_ISREG(mode) and stat.S_IMODE(mode) != 0o600:
+            ret["changes"]["backup_mode"] = {"old": oct(stat.S_IMODE(mode)), "new": "0o600"}
+            if _test():
+                ret["result"] = None
+            else:
+                os.chmod(backup, 0o600)
+        ret["comment"] += f"; kept the backup {backup} (keep_manual_backup), mode 0600"
+        return ret
+    try:
+        cj._require_strict(cj.read_config(name))
+    except (cj.CjdnsError, OSError) as error:
+        ret["comment"] += f"; kept the backup {backup}: {name} is not a config the formula can edit yet ({error})"
+        return ret
+    ret["changes"]["removed"] = ret["changes"].get("removed", []) + [backup]
+    if _test():
+        ret.update(result=None, comment=ret["comment"] + f"; would remove the backup {backup} (a copy of the key)")
+        return ret
+    os.unlink(backup)
+    ret["comment"] += f"; removed the backup {backup} (a copy of the key)"
+    return ret
+
+
+def adopted(name: str, sources: list | None = None, backup: str | None = None, keep_backup: bool = False) -> dict:
     """Adopt a config made by hand (the Qubes manual's /rw/bind-dirs/etc/cjdroute.conf) as
-    ``name``: the same bytes, a 0600 backup at ``backup``, and the old file removed so no
-    other copy of the private key is left. Nothing happens when ``name`` already exists.
+    ``name``: the same bytes; the old file removed only once ``name`` holds them, so no
+    other copy of the private key is left. A symbolic link among ``sources`` is refused (the
+    key would stay behind it), and so is a config the formula could not edit afterwards (no
+    ``"version": 2``): nothing changes until it is fixed. ``keep_backup`` keeps a 0600 copy at
+    ``backup``; without it, a backup left by an earlier adoption is removed.
     """
     cj = _cj()
     ret = _ret(name)
-    source = next((p for p in (sources or []) if os.path.isfile(p)), None)
-    if os.path.lexists(name) or source is None:
-        ret["comment"] = "nothing to adopt" if source is None else f"{name} exists; {source} left alone"
-        return ret
+    backup = backup or f"{name}.manual-backup"
+    sources = list(sources or [])
+    found = [p for p in sources if os.path.lexists(p)]
+    if os.path.lexists(name) or not found:
+        try:
+            if not os.path.lexists(name):
+                ret["comment"] = "nothing to adopt"
+                return ret
+            _interrupted_adoption(ret, name, found)
+            return _backup_cleanup(ret, name, backup, keep_backup)
+        except OSError as error:
+            return _fail(ret, f"{name}: {error}")
+    links = [p for p in found if os.path.islink(p)]
+    if links:
+        return _fail(ret, f"{links[0]} is a symbolic link (to {os.readlink(links[0])}); refusing to adopt through it: "
+                          "the key would stay in the file it points to. Put that file in its place "
+                          "(or remove the link), then re-apply; nothing was changed")
+    source = found[0]
+    if not _regular_file(source):
+        return _fail(ret, f"{source} is not a regular file; refusing to adopt it; nothing was changed")
     try:
         text = cj.read_text(source)
-        cj.parse(text)
+        cj._require_strict(cj.parse(text))
     except cj.ConfigSyntaxError as error:
-        return _fail(ret, f"{source}:{error.line}:{error.column}: {error.reason} (fix it, then re-apply to adopt it)")
+        return _fail(ret, f"{source}:{error.line}:{error.column}: {error.reason} (fix it, then re-apply to adopt it; "
+                          "nothing was changed)")
     except (cj.CjdnsError, OSError) as error:
         return _fail(ret, f"{source}: {error}")
-    backup = backup or f"{name}.manual-backup"
-    legacy = [p for p in (sources or []) if p != source and (os.path.lexists(p) or _mounted(p))]
+    legacy = [p for p in sources if p != source and (os.path.lexists(p) or _mounted(p))]
     # Remember the template's key found beneath the manual's single-file bind before that bind
     # goes: cjdns.identity must still recognise it later in this run.
     for path in legacy:
@@ -1516,16 +1775,25 @@ def adopted(name: str, sources: list | None = None, backup: str | None = None) -
                     return _fail(ret, str(error))
                 continue
             __context__.setdefault("cjdns.template_public_keys", {})[public] = path
-    ret["changes"] = {"adopted": {"old": source, "new": name}, "backup": backup, "removed": [source, *legacy]}
+    kept = [backup] if keep_backup else []
+    stale = [backup] if os.path.lexists(backup) and not keep_backup else []
+    ret["changes"] = {"adopted": {"old": source, "new": name}, "removed": [source, *legacy, *stale]}
+    if kept:
+        ret["changes"]["backup"] = backup
     if _test():
         __context__.setdefault("cjdns.preview", {})[os.path.abspath(name)] = text
-        ret.update(result=None, comment=f"would adopt {source} as {name} (backup {backup}) and remove {source}")
+        ret.update(result=None, comment=f"would adopt {source} as {name}" + (f" (backup {backup})" if kept else "")
+                   + f" and remove {', '.join([source, *legacy, *stale])}")
         return ret
+    data = text.encode("utf-8", "surrogateescape")
     try:
         os.makedirs(os.path.dirname(name), mode=0o700, exist_ok=True)
-        data = text.encode("utf-8", "surrogateescape")
-        cj.atomic_write(backup, data, 0o600)
         cj.atomic_write(name, data, 0o600)
+        with open(name, "rb") as handle:
+            if handle.read() != data:
+                raise OSError(f"{name} does not hold what was written; {source} kept")
+        for path in kept:
+            cj.atomic_write(path, data, 0o600)
         os.unlink(source)
         for path in legacy:
             # The manual's single-file bind: unmount it (the file under it, in this qube's
@@ -1534,9 +1802,12 @@ def adopted(name: str, sources: list | None = None, backup: str | None = None) -
                 subprocess.run(["umount", "--lazy", "--", path], check=True, capture_output=True)
             if os.path.lexists(path):
                 os.unlink(path)
+        for path in stale:
+            os.unlink(path)
     except (OSError, subprocess.CalledProcessError) as error:
         return _fail(ret, f"adopting {source}: {error}")
-    ret["comment"] = f"adopted {source} as {name}, kept a 0600 backup in {backup}, removed {', '.join([source, *legacy])}"
+    ret["comment"] = (f"adopted {source} as {name}" + (f", kept a 0600 backup in {backup}" if kept else "")
+                      + f", removed {', '.join([source, *legacy, *stale])}")
     return ret
 
 

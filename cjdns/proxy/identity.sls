@@ -1,6 +1,7 @@
 ## cjdns.proxy.identity: sys-cjdns's own key pair, in its config directory kept in /rw
 ## (bind-mounted now if the running qube predates the template's bind-dirs entry). A config
-## made by hand from the Qubes manual is adopted first. Made on the first apply; kept on every
+## made by hand from the Qubes manual is adopted first (no copy of its key is kept unless
+## pillar cjdns:keep_manual_backup asks for one). Made on the first apply; kept on every
 ## later one (the address is the node's name); replaced only when it is the template's key
 ## or listed in pillar cjdns:node:compromised_keys.
 ## Execute: qubesctl --skip-dom0 --targets=sys-cjdns state.apply cjdns.proxy.identity
@@ -28,6 +29,7 @@ cjdns-proxy-manual-config-adopted:
       - {{ (cjdns.paths.rw_bind_dirs ~ cjdns.paths.manual_config) | json }}
       - {{ cjdns.paths.manual_config | json }}
     - backup: {{ (cjdns.paths.config ~ ".manual-backup") | json }}
+    - keep_backup: {{ cjdns.keep_manual_backup | json }}
     - require:
       - cjdns: cjdns-proxy-confdir-bound
 

@@ -199,8 +199,8 @@ def test_manual_setup_is_adopted_losing_nothing(lab, own_key):
     assert HAND_PEER.format(key=lab_key(4)).rstrip("\n") in adopted
     assert comments(adopted) == comments(before_text)
     assert cj.parse(adopted).strict
-    backup = rw / "bind-dirs/etc/cjdns/cjdroute.conf.manual-backup"
-    assert backup.read_text() == before_text and backup.stat().st_mode & 0o777 == 0o600
+    # No backup: it would be another copy of the key (cjdns:keep_manual_backup asks for one).
+    assert not (rw / "bind-dirs/etc/cjdns/cjdroute.conf.manual-backup").exists()
     after = cj.loads(adopted)
     identity = changed(real_proxy.data).get("cjdns-proxy-identity")
     if own_key:
@@ -216,14 +216,13 @@ def test_manual_setup_is_adopted_losing_nothing(lab, own_key):
     for key in ("security", "logging", "noBackground", "version"):
         assert after[key] == before[key]
 
-    # No other copy of the node's key: the config and its backup only (the backup holds the old one).
+    # No other copy of the node's key than the config (README "no other copy of the key").
     # Everything sys-cjdns wrote is in its /rw or its volatile root layer.
     files = {"/rw/" + p for p in holding(rw, after["privateKey"])} | {
         "/" + p for p in holding(lab.proxy.volatile, after["privateKey"])}
-    expected = {"/rw/bind-dirs/etc/cjdns/cjdroute.conf"}
-    if own_key:  # the backup of the adopted file holds the same (kept) key
-        expected.add("/rw/bind-dirs/etc/cjdns/cjdroute.conf.manual-backup")
-    assert files == expected
+    assert files == {"/rw/bind-dirs/etc/cjdns/cjdroute.conf"}
+    if not own_key:  # the template's key it came with is nowhere in sys-cjdns's /rw either
+        assert holding(rw, before["privateKey"]) == []
     assert lab.proxy.run(["test", "-e", LEGACY]).returncode == 1
     host = lab.proxy.testinfra_host()
     assert host.run("systemctl is-active cjdns").stdout.strip() == "active"

@@ -58,10 +58,53 @@ PILLAR_CASES = [
     ({"install": {"source": {"repo": "git@github.com:x/y"}}}, "cjdns.install.source.repo: 'git@github.com:x/y' must be an https:// URL"),
     ({"paths": {"config": "etc/cjdns.conf"}}, "cjdns.paths.config: 'etc/cjdns.conf' must be an absolute path"),
     ({"node": {"tun_device": "a-very-long-tun-name"}}, "cjdns.node.tun_device: 'a-very-long-tun-name' is not a Linux interface name"),
-    ({"node": {"admin_password": "x" * 60}}, "cjdns.node.admin_password: longer than 53 characters"),
+    ({"node": {"admin_password": "x" * 60}}, "cjdns.node.admin_password: longer than 53 bytes"),
+    ({"node": {"admin_password": "NONE"}}, 'cjdns.node.admin_password: "NONE" turns off cjdroute\'s admin authentication'),
+    ({"node": {"admin_password": 918273645}}, "cjdns.node.admin_password: an integer (value not shown) must be a string"),
+    ({"node": {"tun_device": "tun:0"}}, "cjdns.node.tun_device: 'tun:0' is not a Linux interface name: ':' not allowed"),
+    ({"node": {"tun_device": "tun 0"}}, "cjdns.node.tun_device: 'tun 0' is not a Linux interface name: ' ' not allowed"),
+    ({"node": {"tun_device": "tun%d"}}, "cjdns.node.tun_device: 'tun%d' is not a Linux interface name: '%' not allowed"),
+    ({"node": {"tun_device": ".."}}, "cjdns.node.tun_device: '..' is not a Linux interface name (1-15 characters, not '.' or '..')"),
+    ({"node": {"tun_device": 'tun"0'}}, "cjdns.node.tun_device: 'tun\"0' is not a Linux interface name"),
+    ({"node": {"blackhole_metric": 100}}, "cjdns.node.blackhole_metric: 100 must be 257-4294967295: above the metric of cjdroute's own"),
+    ({"node": {"blackhole_metric": 2 ** 32}}, "cjdns.node.blackhole_metric: 4294967296 must be 257-4294967295"),
+    ({"node": {"blackhole_metric": "500"}}, "cjdns.node.blackhole_metric: '500' must be an integer"),
+    ({"node": {"authorized_passwords": {"alice": {"ipv6": "2001:db8::1"}}}},
+     "cjdns.node.authorized_passwords.alice.ipv6: '2001:db8::1' is not a cjdns address (fc00::/8)"),
+    ({"node": {"authorized_passwords": {"alice": {"ipv6": "fc00::zz"}}}},
+     "cjdns.node.authorized_passwords.alice.ipv6: 'fc00::zz' is not an IPv6 address"),
+    ({"node": {"log_to": "/var/log/cjdns"}}, "cjdns.node.log_to: '/var/log/cjdns' must be 'stdout' or empty"),
+    ({"node": {"service": "cjdns.service"}}, "cjdns.node.service: 'cjdns.service' is not a systemd unit name"),
+    ({"node": {"service": "cj dns"}}, "cjdns.node.service: 'cj dns' is not a systemd unit name"),
+    ({"node": {"min_established_peers": -1}}, "cjdns.node.min_established_peers: -1 must be 0 or more"),
+    ({"node": {"dns_seeds": ["seed..example"]}}, "cjdns.node.dns_seeds: must be a list of host names"),
+    ({"paths": {"confdir": "/etc"}}, "cjdns.paths.confdir: '/etc' is a system directory"),
+    ({"paths": {"config": "/etc/cjdns/../cjdroute.conf"}}, "cjdns.paths.config: '/etc/cjdns/../cjdroute.conf' is not normalised (write it as '/etc/cjdroute.conf')"),
+    ({"paths": {"confdir": "/etc/cjdns/"}}, "cjdns.paths.confdir: '/etc/cjdns/' is not normalised (write it as '/etc/cjdns')"),
+    ({"paths": {"unit": "/etc/systemd//system/cjdns.service"}}, "cjdns.paths.unit: '/etc/systemd//system/cjdns.service' is not normalised"),
+    ({"paths": {"firewall": "/rw/config/qubes-firewall.d/50 cjdns"}}, "cjdns.paths.firewall: '/rw/config/qubes-firewall.d/50 cjdns' may only hold letters"),
+    ({"paths": {"template_keys": "/var/lib"}}, "cjdns.paths.template_keys: '/var/lib' is a system directory"),
+    ({"paths": {"config": "/etc/cjdroute.conf"}}, "cjdns.paths.config: '/etc/cjdroute.conf' must be directly in cjdns.paths.confdir ('/etc/cjdns')"),
+    ({"paths": {"rw_bind_dirs": "rw/bind-dirs"}}, "cjdns.paths.rw_bind_dirs: 'rw/bind-dirs' must be an absolute path"),
+    ({"install": {"prefix": "usr/bin"}}, "cjdns.install.prefix: 'usr/bin' must be an absolute path"),
+    ({"install": {"source": {"builddir": "/usr/local"}}}, "cjdns.install.source.builddir: '/usr/local' is a system directory"),
+    ({"install": {"tools": ["../../sbin/cjdnstool"]}}, "cjdns.install.tools[0]: '../../sbin/cjdnstool' is not a bare file name"),
+    ({"install": {"tools": ["."]}}, "cjdns.install.tools[0]: '.' is not a bare file name"),
+    ({"install": {"source": {"build_deps": ["gcc; reboot"]}}}, "cjdns.install.source.build_deps[0]: 'gcc; reboot' is not a Debian package name"),
+    ({"install": {"source": {"build_env": {"A B": "1"}}}}, "cjdns.install.source.build_env: 'A B' is not an environment variable name"),
+    ({"install": {"source": {"build_timeout": 0}}}, "cjdns.install.source.build_timeout: 0 must be 1-86400 seconds"),
+    ({"install": {"source": {"proxy": "127.0.0.1:8082"}}}, "cjdns.install.source.proxy: '127.0.0.1:8082' must be http://host:port"),
     ({"node": {"dns_seeds": "seed.example"}}, "cjdns.node.dns_seeds: 'seed.example' must be a list"),
     ({"node": {"peers": {"peer.example:1": {"password": "p", "publicKey": GOOD_KEY}}}},
      "cjdns.node.peers.peer.example:1: 'peer.example' is not an IP address"),
+    ({"node": {"peers": {"0.0.0.0:1": {"password": "p", "publicKey": GOOD_KEY}}}},
+     "cjdns.node.peers.0.0.0.0:1: 0.0.0.0 is the unspecified address, not a peer's"),
+    ({"node": {"peers": {"[fe80::1%eth0]:1": {"password": "p", "publicKey": GOOD_KEY}}}},
+     "cjdns.node.peers.[fe80::1%eth0]:1: 'fe80::1%eth0' has a zone id"),
+    ({"node": {"peers": {"[2001:db8::1]:1": {"password": "p", "publicKey": GOOD_KEY},
+                         "[2001:0DB8::1]:01": {"password": "p", "publicKey": GOOD_KEY}}}},
+     # (the pillar file lists keys sorted, so 0DB8 comes first)
+     "cjdns.node.peers.[2001:db8::1]:1: the same peer as [2001:0DB8::1]:01"),
     ({"node": {"compromised_keys": ["nope.k"]}}, "cjdns.node.compromised_keys: 'nope.k': too short"),
     ({"node": {"min_established_peers": "one"}}, "cjdns.node.min_established_peers: 'one' must be an integer or null"),
     ({"packages": {"extra": ["Python3-Cryptography"]}},
@@ -85,6 +128,15 @@ def test_bad_pillar_is_refused_with_field_and_reason(tmp_path, override, reason)
     ret = pillar_check(tmp_path, {"cjdns": override})
     assert ret["result"] is False and reason in ret["comment"], ret["comment"]
     assert ret["changes"] == {}
+
+
+def test_every_bad_field_is_named_in_one_comment(tmp_path):
+    override = {"node": {"tun_device": "tun:0", "blackhole_metric": 1, "admin_password": "NONE"},
+                "paths": {"confdir": "/etc"}, "install": {"tools": ["a/b"]}}
+    ret = pillar_check(tmp_path, {"cjdns": override})
+    assert ret["result"] is False
+    for field in ("node.tun_device", "node.blackhole_metric", "node.admin_password", "paths.confdir", "install.tools[0]"):
+        assert f"\n- cjdns.{field}: " in ret["comment"], (field, ret["comment"])
 
 
 def test_valid_pillar_passes(tmp_path):
@@ -146,7 +198,7 @@ def test_check_config_names_semantic_problems(salt, tmp_path, edit, reason):
 @pytest.mark.parametrize("peer, reason", [
     ({"password": "p"}, "publicKey: missing"),
     ({"publicKey": GOOD_KEY}, "password: missing"),
-    ({"publicKey": GOOD_KEY, "password": "p q"}, "password: a password must be printable ASCII without spaces"),
+    ({"publicKey": GOOD_KEY, "password": "p\tq"}, "password: a password must not contain control characters"),
     ({"publicKey": GOOD_KEY[:-3] + "1.k", "password": "p"}, "publicKey: not a cjdns key"),
     ({"publicKey": GOOD_KEY, "password": "p", "location": "x"}, "location: unknown field"),
     ({"publicKey": GOOD_KEY, "password": "p", "login": 5}, "login: must be a string"),
@@ -226,3 +278,59 @@ def test_no_space_left(tmp_path):
     conf_sums = [s for s in sums if s.endswith("cjdroute.conf")]
     assert len(conf_sums) == 2 and conf_sums[0] == conf_sums[1]
     assert not [s for s in sums if ".tmp" in s]
+
+
+@pytest.mark.parametrize("kwargs, reason", [
+    ({"tun_device": "tun:0"}, "tun_device: 'tun:0' is not a Linux interface name"),
+    ({"udp_port": 70000}, "udp_port: 70000 is not a port number"),
+    ({"admin_bind": "localhost:11234"}, "admin_bind: 'localhost' is not an IP address"),
+])
+def test_identity_checks_its_own_arguments_before_writing(salt, tmp_path, kwargs, reason):
+    """Called alone (state.single, or an SLS without cjdns.pillar), the state still refuses."""
+    for existing in (False, True):
+        if existing:
+            (tmp_path / "cjdroute.conf").write_text(GENCONF)
+        before = sha(tmp_path)
+        ret = single(salt, "cjdns.identity", name=str(tmp_path / "cjdroute.conf"), **kwargs)
+        assert ret["result"] is False and reason in ret["comment"], ret["comment"]
+        assert sha(tmp_path) == before
+
+
+@pytest.mark.parametrize("peers, reason", [
+    ({"192.0.2.9:80": {"password": "p", "publicKey": GOOD_KEY}, "192.0.2.9:0080": {"password": "p", "publicKey": GOOD_KEY}},
+     "peers.192.0.2.9:0080: the same peer as 192.0.2.9:80"),
+    ({"[::]:5": {"password": "p", "publicKey": GOOD_KEY}}, "peers.[::]:5: :: is the unspecified address, not a peer's"),
+    ({"[fe80::1%eth0]:5": {"password": "p", "publicKey": GOOD_KEY}}, "peers.[fe80::1%eth0]:5: 'fe80::1%eth0' has a zone id"),
+    ({"255.255.255.255:5": {"password": "p", "publicKey": GOOD_KEY}}, "is the broadcast address, not a peer's"),
+])
+def test_peers_that_are_one_peer_or_no_peer_fail_the_peers_state(salt, tmp_path, peers, reason):
+    conf = tmp_path / "cjdroute.conf"
+    conf.write_text(GENCONF)
+    before = sha(tmp_path)
+    for test in (True, False):
+        ret = single(salt, "cjdns.peers", name=str(conf), peers=peers, test=test)
+        assert ret["result"] is False and reason in ret["comment"], ret["comment"]
+        assert sha(tmp_path) == before
+
+
+def test_a_connect_to_of_the_wrong_type_fails_the_peers_state(salt, tmp_path):
+    conf = tmp_path / "cjdroute.conf"
+    conf.write_text(cj.set_path(GENCONF, ("interfaces", "UDPInterface", 0, "connectTo"), [{"password": "p"}]))
+    before = sha(tmp_path)
+    ret = single(salt, "cjdns.peers", name=str(conf), peers={"192.0.2.1:1": {"password": "p", "publicKey": GOOD_KEY}})
+    assert ret["result"] is False, ret["comment"]
+    assert "interfaces/UDPInterface/0/connectTo: is a list, not an object; cjdroute ignores it" in ret["comment"]
+    assert sha(tmp_path) == before
+    check = salt["cjdns.check_config"](str(conf))
+    assert any("connectTo: is a list, not an object" in w for w in check["warnings"])
+
+
+def test_peer_strings_with_spaces_pass_the_peers_state_and_check_config(salt, tmp_path):
+    """cjdroute v20.7 takes them (--cleanconf, and two nodes with such credentials peer)."""
+    conf = tmp_path / "cjdroute.conf"
+    conf.write_text(GENCONF)
+    peer = {"password": "a pass phrase", "publicKey": GOOD_KEY, "login": "my login", "peerName": "my peer"}
+    ret = single(salt, "cjdns.peers", name=str(conf), peers={"192.0.2.1:1": peer})
+    assert ret["result"] is True and ret["changes"] == {"added": ["192.0.2.1:1 (my peer)"]}, ret
+    assert salt["cjdns.check_config"](str(conf))["ok"] is True
+    assert cj.loads(conf.read_text())["interfaces"]["UDPInterface"][0]["connectTo"]["192.0.2.1:1"] == peer
