@@ -10,6 +10,12 @@ EMULATION_DIR filled in, and the shebang set to the test venv's Python (it needs
                                create the TUN device (if the config asks for one and the qube can)
                                and answer the admin API on admin.bind
   cjdroute --version           "Cjdns version: 22" and the tag it was built from
+
+Test knobs (environment): CJDNS_FAKE_NO_TUN=1 makes no TUN device (as in a qube without
+/dev/net/tun; for tests on the host); CJDNS_FAKE_INCOMING names a JSON list of remote nodes that
+peer with this one at start ({"publicKey", "lladdr", "login", "password"}; refused unless the
+config authorizes them). A beginConnection without password ends the process as v20.7's core
+dies (exit status 128+31: it was killed by signal 31).
 """
 
 from __future__ import annotations
@@ -235,7 +241,13 @@ def serve_admin(conf: dict[str, Any]) -> NoReturn:
         kwargs = module.server_kwargs_from_conf(conf)
         # The identity comes from privateKey; "publicKey"/"ipv6" in a config are only comments.
         kwargs["public_key"], kwargs["ipv6"] = public_key(conf["privateKey"])
-        module.AdminServer(**kwargs).start()
+        server = module.AdminServer(**kwargs)
+        server.on_core_death = lambda: os._exit(128 + signal.SIGSYS)
+        incoming = os.environ.get("CJDNS_FAKE_INCOMING")
+        if incoming:
+            for remote in json.loads(Path(incoming).read_text()):
+                server.add_incoming(remote["publicKey"], remote["lladdr"], remote.get("login"), remote["password"])
+        server.start()
         while True:
             signal.pause()  # SIGTERM ends the process (handler set in run())
     family, host, port = _split_bind(conf["admin"]["bind"])
@@ -264,7 +276,7 @@ def run(text: str) -> int:
     _, ipv6 = public_key(conf["privateKey"])
     print(f"Cjdns version 22 (fake, built from {BUILT_FROM}) starting, address {ipv6}",
           flush=True)
-    tun = create_tun(conf)
+    tun = None if os.environ.get("CJDNS_FAKE_NO_TUN") else create_tun(conf)
     if tun:
         print(f"Initialized TUN device {tun}", flush=True)
     serve_admin(conf)
