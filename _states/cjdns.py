@@ -1634,8 +1634,10 @@ def _peer_label(key: str, data: dict, running: dict) -> str:
     if peer:
         return f"{peer['endpoint']} ({peer['peerName']})" if peer.get("peerName") else peer["endpoint"]
     seen = next((p for p in running.get("peers", []) if p["public_key"] == key), None)
-    if seen:
-        return f"{'incoming ' if seen.get('incoming') else ''}{seen.get('ipv6')} ({seen.get('lladdr')})"
+    if seen and seen.get("incoming"):
+        return f"incoming {seen.get('ipv6')} ({seen.get('lladdr')})"
+    if seen:  # a peer the file no longer has: as peerStats shows it (user = its peerName)
+        return f"{seen.get('lladdr')} ({seen['user']})" if seen.get("user") else str(seen.get("lladdr"))
     return key
 
 

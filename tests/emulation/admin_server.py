@@ -447,6 +447,7 @@ class AdminServer:
         self.leaked_sessions: List[str] = []  # keys whose replaced session stayed inside
         self.core_dead = False
         self.on_core_death: Optional[Callable[[], None]] = None
+        self.on_leak: Optional[Callable[[str], Any]] = None
         self._leaked_labels: List[str] = []
         self.interfaces: List[Dict[str, Any]] = list(interfaces or [])
         self.functions = functions if functions is not None else load_function_specs()
@@ -751,6 +752,8 @@ class AdminServer:
                 # session is not freed and stays out of reach of every admin call.
                 self.leaked_sessions.append(key)
                 self._leaked_labels.append(".".join(peer["addr"].split(".")[1:5]))
+                if self.on_leak is not None:
+                    self.on_leak(key)
                 self.peers[index] = self._session(key, address, if_num, name, accepted)
                 return {b"error": b"none"}
         # Newest first, as C listed E (001b) before D (0019) in the one recorded case.

@@ -14,7 +14,10 @@ EMULATION_DIR filled in, and the shebang set to the test venv's Python (it needs
 Test knobs (environment): CJDNS_FAKE_NO_TUN=1 makes no TUN device (as in a qube without
 /dev/net/tun; for tests on the host); CJDNS_FAKE_INCOMING names a JSON list of remote nodes that
 peer with this one at start ({"publicKey", "lladdr", "login", "password"}; refused unless the
-config authorizes them). A beginConnection without password ends the process as v20.7's core
+config authorizes them). CJDNS_FAKE_LEAKS names a file that gets one line per session a
+repeated beginConnection leaked (the key), so a test sees that the formula never does it.
+CJDNS_FAKE_FAULTS names a JSON file read at start: {"no_reply": [function, ...]}, for an admin
+API that fails half-way. A beginConnection without password ends the process as v20.7's core
 dies (exit status 128+31: it was killed by signal 31).
 """
 
@@ -243,6 +246,13 @@ def serve_admin(conf: dict[str, Any]) -> NoReturn:
         kwargs["public_key"], kwargs["ipv6"] = public_key(conf["privateKey"])
         server = module.AdminServer(**kwargs)
         server.on_core_death = lambda: os._exit(128 + signal.SIGSYS)
+        leaks = os.environ.get("CJDNS_FAKE_LEAKS")
+        if leaks:
+            server.on_leak = lambda key: Path(leaks).open("a").write(key + "\n")
+        faults = os.environ.get("CJDNS_FAKE_FAULTS")
+        if faults and Path(faults).exists():
+            only = json.loads(Path(faults).read_text()).get("no_reply") or []
+            server.faults = module.Faults(no_reply=True, only=set(only))
         incoming = os.environ.get("CJDNS_FAKE_INCOMING")
         if incoming:
             for remote in json.loads(Path(incoming).read_text()):
