@@ -82,12 +82,20 @@ FIRST_PAGE = (
 BUILTIN_SPECS: Dict[str, Dict[str, Dict[str, Any]]] = {
     "Admin_asyncEnabled": {},
     "Admin_availableFunctions": {"page": {"required": 0, "type": "Int"}},
+    "AuthorizedPasswords_add": {"ipv6": {"required": 0, "type": "String"}, "password": {"required": 1, "type": "String"},
+                                "user": {"required": 0, "type": "String"}},
     "AuthorizedPasswords_list": {"page": {"required": 0, "type": "Int"}},
+    "AuthorizedPasswords_remove": {"user": {"required": 1, "type": "String"}},
     "Core_nodeInfo": {},
     "Core_pid": {},
     "InterfaceController_disconnectPeer": {"pubkey": {"required": 1, "type": "String"}},
     "InterfaceController_interfaces": {"page": {"required": 0, "type": "Int"}},
     "InterfaceController_peerStats": {"page": {"required": 0, "type": "Int"}},
+    "InterfaceController_resetPeering": {"pubkey": {"required": 0, "type": "String"}},
+    "UDPInterface_beginConnection": {
+        "address": {"required": 1, "type": "String"}, "interfaceNumber": {"required": 0, "type": "Int"},
+        "login": {"required": 0, "type": "String"}, "password": {"required": 0, "type": "String"},
+        "peerName": {"required": 0, "type": "String"}, "publicKey": {"required": 1, "type": "String"}},
     "ping": {},
 }
 
