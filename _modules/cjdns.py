@@ -2702,6 +2702,8 @@ def apply_live(client: "AdminClient", data: dict, plan: LivePlan, wait: float = 
     """
     users = _live_users(data)
     peers = _live_peers(data)
+    # Every beginConnection is checked before the first call, so a refusal changes nothing.
+    connects = [(key, _connect_args(key, peers[key])) for key in plan.connect]
     done: list[str] = []
 
     def call(what: str, function: str, args: dict) -> None:
@@ -2721,8 +2723,8 @@ def apply_live(client: "AdminClient", data: dict, plan: LivePlan, wait: float = 
         call(f"incoming peer {key} re-authenticated", "InterfaceController_resetPeering", {"pubkey": key})
     for user in plan.add_users:
         call(f"authorized password {user} added", "AuthorizedPasswords_add", _user_args(user, users[user]))
-    for key in plan.connect:
-        call(f"peer {peers[key]['endpoint']} ({key}) connected", "UDPInterface_beginConnection", _connect_args(key, peers[key]))
+    for key, args in connects:
+        call(f"peer {peers[key]['endpoint']} ({key}) connected", "UDPInterface_beginConnection", args)
     if not plan.connect:
         return {}
     try:

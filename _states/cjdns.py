@@ -1748,6 +1748,8 @@ def live(name: str, service: str = "", timeout: float = 2.0, wait: float = 1.0) 
         ret["changes"] = {"live": error.done} if error.done else {}
         live_part = f"live before the failure: {'; '.join(error.done)}" if error.done else "nothing was changed live"
         return _ask_restart(ret, name, f"an admin call failed half-way ({error}); {live_part}; restarting so the node runs exactly the file", pending, record)
+    except cj.CjdnsError as error:  # refused before any call (a peer without password)
+        return _fail(ret, f"{name}: {error}")
     _write_live_record(name, done, record)
     comment = f"changed live, without a restart: {_summary(changes)}"
     if states:

@@ -119,3 +119,61 @@ def test_baseline_from_the_record_of_this_process_or_of_the_start_it_asked_for()
     # The restart asked for did not happen: the same process still runs an older file.
     base, why = cj.live_baseline({"view": view, "process": None, "replaced": [5, 100]}, 5, 100, {"f": 1}, 4e9)
     assert base is None and "pid 5" in why
+
+
+def test_a_user_the_file_does_not_have_is_removed():
+    data = conf()
+    view = cj.live_view(data, SALT)
+    plan = cj.plan_live(view, view, running(data, users=["stray", "default-login"]))
+    assert plan.remove_users == ["stray"] and not plan.add_users
+
+
+def test_an_entry_without_user_is_applied_by_a_restart():
+    base = conf()
+    data = conf()
+    data["authorizedPasswords"].append({"password": "anon-pw"})
+    plan = cj.plan_live(cj.live_view(data, SALT), cj.live_view(base, SALT), running(base))
+    assert plan.restart == ["authorizedPasswords (entries without user) changed (only a restart applies it)"]
+
+
+class Recorder:
+    """An admin client that records calls and lists every peer it was asked to connect."""
+
+    def __init__(self):
+        self.calls = []
+
+    def call(self, function, args=None, auth=None):
+        self.calls.append((function, args))
+        return {"error": "none"} if function != "InterfaceController_disconnectPeer" else {"success": 1}
+
+    def call_paged(self, function, args=None, list_key="peers", auth=None):
+        keys = [a["publicKey"] for f, a in self.calls if f == "UDPInterface_beginConnection"]
+        return [{"addr": f"v20.0000.0000.0000.0013.{k}", "state": "ESTABLISHED"} for k in keys]
+
+
+def test_calls_go_revoke_first_and_peers_on_the_interface_of_their_family():
+    data = conf(users={"default-login": {"password": "x"}, "new": {"password": "np"}})
+    data["interfaces"]["UDPInterface"].append({"bind": "[::]:21242", "connectTo": {
+        "[2001:db8::1]:9": {"password": "p6", "publicKey": B["public_key"]}}})
+    data["interfaces"]["UDPInterface"][0]["connectTo"] = {"127.0.0.1:9": PEER_A}
+    plan = cj.LivePlan(remove_users=["old"], add_users=["new"], connect=[A["public_key"], B["public_key"]])
+    client = Recorder()
+    states = cj.apply_live(client, data, plan, wait=0)
+    assert [f for f, _ in client.calls] == ["AuthorizedPasswords_remove", "AuthorizedPasswords_add",
+                                          "UDPInterface_beginConnection", "UDPInterface_beginConnection"]
+    assert client.calls[2][1] == {"address": "127.0.0.1:9", "publicKey": A["public_key"], "password": "pa",
+                                  "interfaceNumber": 0, "peerName": "a"}
+    assert client.calls[3][1]["interfaceNumber"] == 1 and client.calls[3][1]["address"] == "[2001:db8::1]:9"
+    assert states == {A["public_key"]: "ESTABLISHED", B["public_key"]: "ESTABLISHED"}
+
+
+def test_begin_connection_is_never_sent_without_a_password():
+    data = conf(peers={"127.0.0.1:9": {"publicKey": A["public_key"], "password": ""}})
+    client = Recorder()
+    try:
+        cj.apply_live(client, data, cj.LivePlan(connect=[A["public_key"]]), wait=0)
+    except cj.ConfigError as error:
+        assert "no password" in str(error)
+    else:
+        raise AssertionError("beginConnection without a password was sent")
+    assert client.calls == []
