@@ -2694,6 +2694,13 @@ def _wait_listed(client: "AdminClient", keys: list[str], wait: float) -> dict:
         time.sleep(0.02)
 
 
+# The recorded answers when the user or peer is not there (any more).
+_ALREADY_GONE = {
+    "AuthorizedPasswords_remove": ("Unknown error.",),
+    "InterfaceController_disconnectPeer": ("no peer found for that key",),
+}
+
+
 def apply_live(client: "AdminClient", data: dict, plan: LivePlan, wait: float = ESTABLISH_WAIT) -> dict:
     """Make the plan's calls in a safe order: revoke first, then add, then connect.
 
@@ -2709,6 +2716,12 @@ def apply_live(client: "AdminClient", data: dict, plan: LivePlan, wait: float = 
     def call(what: str, function: str, args: dict) -> None:
         try:
             reply = client.call(function, args)
+        except AdminCallError as error:
+            # Gone already (between the read and this call): what the call was for.
+            if error.error in _ALREADY_GONE.get(function, ()):
+                done.append(what)
+                return
+            raise LiveApplyError(f"{what}: {error}", done) from None
         except AdminError as error:
             raise LiveApplyError(f"{what}: {error}", done) from None
         if reply.get("success") == 0:

@@ -177,3 +177,16 @@ def test_begin_connection_is_never_sent_without_a_password():
     else:
         raise AssertionError("beginConnection without a password was sent")
     assert client.calls == []
+
+
+class Gone(Recorder):
+    def call(self, function, args=None, auth=None):
+        self.calls.append((function, args))
+        raise cj.AdminCallError(function, {"AuthorizedPasswords_remove": "Unknown error.",
+                                           "InterfaceController_disconnectPeer": "no peer found for that key"}[function], {})
+
+
+def test_a_user_or_peer_already_gone_is_not_a_failure():
+    client = Gone()
+    cj.apply_live(client, conf(), cj.LivePlan(remove_users=["u"], disconnect=[A["public_key"]]), wait=0)
+    assert [f for f, _ in client.calls] == ["AuthorizedPasswords_remove", "InterfaceController_disconnectPeer"]
