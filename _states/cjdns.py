@@ -1629,6 +1629,18 @@ def _service_active(service: str) -> bool:
         return False
 
 
+def _main_pid(service: str) -> int | None:
+    """The unit's MainPID, for a cjdroute whose Core_pid answer is not {"pid": N} (its reply
+    was not recorded); any process that stays the same until a restart identifies the node."""
+    if not service or "service.show" not in __salt__:
+        return None
+    try:
+        pid = int(__salt__["service.show"](service).get("MainPID", 0))
+    except Exception:  # no systemd here
+        return None
+    return pid or None
+
+
 def _peer_label(key: str, data: dict, running: dict) -> str:
     peer = _cj()._live_peers(data).get(key)
     if peer:
@@ -1724,6 +1736,8 @@ def live(name: str, service: str = "", timeout: float = 2.0, wait: float = 1.0) 
         return ret
     except cj.AdminError as error:
         return _ask_restart(ret, name, f"the admin API cannot be read ({error})", pending, record)
+    if running["pid"] is None:
+        running["pid"] = _main_pid(service)
     start = cj.process_start(running["pid"])
     me = [running["pid"], start]
     pending["replaced"] = me
