@@ -1721,7 +1721,7 @@ def live(name: str, service: str = "", timeout: float = 2.0, wait: float = 1.0) 
         client = cj._admin_client(data, name, timeout)
     except cj.ConfigSyntaxError as error:
         return _fail(ret, f"{name}:{error.line}:{error.column}: {error.reason}")
-    except (cj.CjdnsError, OSError, Exception) as error:  # CommandExecutionError: no admin.bind
+    except Exception as error:  # CjdnsError, OSError, or Salt's CommandExecutionError (no admin.bind)
         return _fail(ret, f"{name}: {error}")
     pending = {"salt": salt, "view": wanted, "process": None, "replaced": None}
     try:
