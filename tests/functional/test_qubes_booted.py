@@ -146,3 +146,25 @@ def test_5_a_reboot_keeps_key_address_peers_and_brings_rules_and_route_back(lab)
     status = lab.call("proxy", "cjdns.status").data
     assert status["ipv6"] == lab.identity and status["admin"]["reachable"]
     assert json.dumps(status).count(after["privateKey"]) == 0
+
+
+def test_6_sys_cjdns_takes_a_new_peer_and_password_live(lab):
+    """cjdns.proxy under sys-cjdns's systemd: a peer and an authorized password added in pillar
+    reach the running cjdroute through its admin API; the service is not restarted."""
+    host = lab.proxy.testinfra_host()
+    pid = host.run("systemctl show -p MainPID --value cjdns").stdout.strip()
+    key = "qc6hh1gfszsfwvzzcjnxs9j56jfqc3z6pxrq8grl1lr164qhmwg0.k"
+    lab.set_pillar({"cjdns": {"node": {
+        "peers": {"192.0.2.40:47300": {"password": "booted-live-peer-pw-5", "publicKey": key, "peerName": "node-d"}},
+        "authorized_passwords": {"bob": {"password": "booted-live-bob-pw-6"}}}}})
+    result = ok(lab.apply("proxy", "cjdns.proxy"))
+    states = {r["__id__"]: r for r in state_results(result.data)}
+    assert states["cjdns-proxy-live"]["changes"] == {"authorizedPasswords": {"added": ["bob"]},
+                                                     "peers": {"connected": ["192.0.2.40:47300 (node-d)"]}}
+    assert states["cjdns-proxy-restart-needed"]["changes"] == {}
+    assert "cjdns-proxy-running" not in changed(result.data)
+    assert host.run("systemctl show -p MainPID --value cjdns").stdout.strip() == pid
+    assert key in {p["public_key"] for p in lab.call("proxy", "cjdns.peer_stats").data}
+    assert "booted-live-peer-pw-5" not in result.stdout + result.stderr
+    assert "booted-live-bob-pw-6" not in result.stdout + result.stderr
+    assert changed(ok(lab.apply("proxy", "cjdns.proxy")).data) == {}
