@@ -2504,3 +2504,346 @@ def health(path: str | None = None, min_established: int | None = None, timeout:
     elif current["peers"]["established"] < int(wanted):
         problems.append(f"{current['peers']['established']} peers ESTABLISHED, at least {wanted} wanted")
     return {"healthy": not problems, "problems": problems, "status": current}
+
+
+# --------------------------------------------------------------------------------------
+# Live changes: the running node brought to what its config file says, through the admin API
+# --------------------------------------------------------------------------------------
+# What cjdroute v20.7 does with these calls (tests/vectors/admin/README.md, "Admin calls that
+# change a running node") shapes the plan: AuthorizedPasswords_add refuses only an exact repeat
+# (a new password for a user is a second entry: change = remove, then add); _remove drops every
+# entry of the user but not a connected peer (revoke = remove, then disconnect); a repeated
+# beginConnection for a connected peer leaks its old session (connect only peers not in
+# peerStats; change = disconnectPeer, then beginConnection); beginConnection without a password
+# kills the core. Everything added live is gone after a restart, so the file holds it first.
+
+LIVE_RECORD = ".cjdns-formula-live.json"
+# Users cjdroute lists that no config entry names: its own, and entries without a user.
+_BUILTIN_USER_RE = re.compile(r"Local Peers|Anon #[0-9]+")
+_LIVE_SECTIONS_SKIPPED = ("authorizedPasswords", "interfaces", "privateKey", "publicKey", "ipv6")
+ESTABLISH_WAIT = 1.0
+
+
+class LiveApplyError(CjdnsError):
+    """An admin call failed half-way; ``done`` lists the changes that are live."""
+
+    def __init__(self, message: str, done: list[str]) -> None:
+        super().__init__(message)
+        self.done = done
+
+
+def _fingerprint(salt: str, value: Any) -> str:
+    """A salted digest of credentials, so the record never holds a password."""
+    import json
+
+    return hashlib.sha256((salt + json.dumps(value, sort_keys=True)).encode()).hexdigest()
+
+
+def _live_users(data: dict) -> dict:
+    """{user: entry} of the authorizedPasswords entries that have a user (the API's handle)."""
+    users: dict = {}
+    for entry in data.get("authorizedPasswords") or []:
+        if isinstance(entry, dict) and isinstance(entry.get("user"), str) and entry.get("password"):
+            users.setdefault(entry["user"], entry)
+    return users
+
+
+def _live_peers(data: dict) -> dict:
+    """{publicKey: {endpoint, interface, fields}} of the UDP connectTo entries (first per key)."""
+    found: dict = {}
+    for endpoint, peer in configured_peers(data).items():
+        key = peer.get("publicKey")
+        if isinstance(key, str) and key not in found:
+            found[key] = {"endpoint": endpoint, **peer}
+    return found
+
+
+def _restart_sections(data: dict) -> dict:
+    """{section: value} of everything only a restart applies (the API cannot change it)."""
+    sections = {k: v for k, v in data.items() if k not in _LIVE_SECTIONS_SKIPPED}
+    sections["authorizedPasswords (entries without user)"] = [
+        e for e in data.get("authorizedPasswords") or [] if not (isinstance(e, dict) and isinstance(e.get("user"), str))
+    ]
+    interfaces = data.get("interfaces") if isinstance(data.get("interfaces"), dict) else {}
+    for kind, value in interfaces.items():
+        blocks = value if isinstance(value, list) else [value]
+        for index, block in enumerate(blocks):
+            rest = {k: v for k, v in block.items() if k != "connectTo"} if isinstance(block, dict) else block
+            if kind != "UDPInterface":
+                rest = block
+            sections[f"interfaces.{kind}[{index}]"] = rest
+    return sections
+
+
+def live_view(data: dict, salt: str) -> dict:
+    """What the file asks of the running node, with credentials as salted fingerprints."""
+    users = {
+        user: {"fp": _fingerprint(salt, [entry.get("password"), entry.get("ipv6")]), "ipv6": entry.get("ipv6")}
+        for user, entry in _live_users(data).items()
+    }
+    peers = {
+        key: {
+            "fp": _fingerprint(salt, [p["endpoint"], p.get("password"), p.get("login"), p.get("peerName"), p["interface"]]),
+            "endpoint": p["endpoint"],
+        }
+        for key, p in _live_peers(data).items()
+    }
+    sections = {name: _fingerprint(salt, value) for name, value in _restart_sections(data).items()}
+    binds = [b.get("bind") for b in _udp_interfaces(data)[1] if isinstance(b, dict)]
+    return {"public_key": data.get("publicKey"), "udp_binds": binds, "users": users, "peers": peers, "sections": sections}
+
+
+def _normal_bind(bind: Any) -> str:
+    """ "127.0.0.1:1" and "[::]:1" in one spelling, so the API's names compare with the file's."""
+    if not isinstance(bind, str) or ":" not in bind:
+        return str(bind)
+    host, port = bind.rsplit(":", 1)
+    host = host.strip("[]")
+    try:
+        host = str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _interface_bind(name: Any) -> str:
+    """ "UDP/IPv4/127.0.0.1:21240" (InterfaceController_interfaces) -> "127.0.0.1:21240"."""
+    parts = str(name).split("/", 2)
+    return _normal_bind(parts[2]) if len(parts) == 3 and parts[0] == "UDP" else ""
+
+
+@dataclass
+class LivePlan:
+    restart: list[str] = field(default_factory=list)
+    remove_users: list[str] = field(default_factory=list)
+    add_users: list[str] = field(default_factory=list)
+    disconnect: list[str] = field(default_factory=list)  # peer keys (revoked incoming ones too)
+    reset_incoming: list[str] = field(default_factory=list)  # incoming keys to re-authenticate
+    connect: list[str] = field(default_factory=list)
+    changed_users: list[str] = field(default_factory=list)
+    reconnect: list[str] = field(default_factory=list)
+
+    def empty(self) -> bool:
+        return not (self.restart or self.remove_users or self.add_users or self.disconnect
+                    or self.reset_incoming or self.connect)
+
+
+def plan_live(wanted: dict, base: dict | None, running: dict, unknown_why: str = "") -> LivePlan:
+    """The admin calls that bring ``running`` to ``wanted``, or why only a restart can.
+
+    wanted/base: live_view() of the file now and of what the running node was given (None:
+    unknown). running: {"public_key", "udp_binds", "users": [names], "peers": [peer views]}.
+    """
+    plan = LivePlan()
+    if base is None:
+        plan.restart.append(unknown_why or "what the running cjdroute was given is not known")
+    if running.get("public_key") and wanted.get("public_key") != running["public_key"]:
+        plan.restart.append("the node's key changed")
+    file_binds = [_normal_bind(b) for b in wanted.get("udp_binds", [])]
+    running_binds = [b for b in (_interface_bind(n) for n in running.get("interfaces", [])) if b]
+    if file_binds != running_binds:
+        plan.restart.append(f"UDP interfaces changed (running {', '.join(running_binds) or 'none'}; file {', '.join(file_binds) or 'none'})")
+    if base is not None:
+        names = sorted(set(wanted["sections"]) | set(base["sections"]))
+        differ = [n for n in names if wanted["sections"].get(n) != base["sections"].get(n)]
+        if differ:
+            plan.restart.append(f"{', '.join(differ)} changed (only a restart applies {'it' if len(differ) == 1 else 'them'})")
+    if plan.restart:
+        return plan
+
+    assert base is not None
+    listed = [u for u in running.get("users", []) if not _BUILTIN_USER_RE.fullmatch(str(u))]
+    incoming = {p["public_key"]: p for p in running.get("peers", []) if p.get("incoming")}
+    present = {p["public_key"]: p for p in running.get("peers", [])}
+    revoke_unknown = False
+
+    def revoke(user: str) -> None:
+        nonlocal revoke_unknown
+        ipv6 = (base["users"].get(user) or {}).get("ipv6")
+        if ipv6:
+            plan.disconnect.extend(k for k, p in incoming.items() if p.get("ipv6") == ipv6 and k not in plan.disconnect)
+        else:
+            revoke_unknown = True
+
+    for user in sorted(set(listed)):
+        if user not in wanted["users"]:
+            plan.remove_users.append(user)
+            revoke(user)
+    for user, entry in sorted(wanted["users"].items()):
+        if user not in listed:
+            plan.add_users.append(user)
+        elif (base["users"].get(user) or {}).get("fp") != entry["fp"] or listed.count(user) > 1:
+            plan.remove_users.append(user)
+            plan.add_users.append(user)
+            plan.changed_users.append(user)
+            revoke(user)
+    if revoke_unknown:
+        # No ipv6 ties the entry to a key, and peerStats shows incoming peers as "outer": every
+        # incoming session re-authenticates; the one using revoked credentials is refused.
+        plan.reset_incoming = sorted(k for k in incoming if k not in plan.disconnect)
+
+    for key, peer in sorted(wanted["peers"].items()):
+        if key not in present:
+            plan.connect.append(key)
+        elif not present[key].get("incoming") and (base["peers"].get(key) or {}).get("fp") != peer["fp"]:
+            plan.disconnect.append(key)
+            plan.connect.append(key)
+            plan.reconnect.append(key)
+    for key in sorted(set(base["peers"]) - set(wanted["peers"])):
+        if key in present and not present[key].get("incoming") and key not in plan.disconnect:
+            plan.disconnect.append(key)
+    return plan
+
+
+def read_running(client: "AdminClient") -> dict:
+    """What the running node shows of itself through the admin API."""
+    info = client.call("Core_nodeInfo")
+    _, _, key = _parse_peer_addr(str(info.get("myAddr", "")))
+    try:
+        pid = client.call("Core_pid").get("pid")
+    except AdminCallError:
+        pid = None
+    interfaces = client.call_paged("InterfaceController_interfaces", list_key="ifaces")
+    users = client.call_paged("AuthorizedPasswords_list", list_key="users")
+    peers = [_peer_view(p) for p in client.call_paged("InterfaceController_peerStats")]
+    return {
+        "pid": pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
+        "public_key": key,
+        "interfaces": [i.get("name") for i in interfaces if isinstance(i, dict)],
+        "users": [str(u) for u in users],
+        "peers": peers,
+    }
+
+
+def process_start(pid: int | None) -> int | None:
+    """Start of process pid in clock ticks since boot (/proc/<pid>/stat field 22), or None."""
+    if not pid:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            text = handle.read()
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[-1].split()
+    return int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else None
+
+
+def process_started_at(ticks: int | None) -> float | None:
+    """Unix time of a start in ticks since boot (to within the second /proc/stat's btime has)."""
+    if ticks is None:
+        return None
+    try:
+        with open("/proc/stat", encoding="ascii") as handle:
+            btime = next(int(line.split()[1]) for line in handle if line.startswith("btime "))
+    except (OSError, StopIteration, ValueError):
+        return None
+    return btime + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def live_baseline(record: dict, pid: int | None, start: int | None, file_view: dict, file_mtime: float) -> tuple[dict | None, str]:
+    """What the running process (pid, start ticks) was given, and why when it is unknown.
+
+    The record says what the live step gave a process, or, with no process, what the file held
+    when the step asked for a (re)start: a process other than the one running then has loaded
+    that file. A process started after the file's last change has loaded the file as it is.
+    """
+    me = [pid, start]
+    if pid is not None and start is not None and isinstance(record.get("view"), dict):
+        if record.get("process") == me:
+            return record["view"], ""
+        if record.get("process") is None and record.get("replaced") != me:
+            return record["view"], ""
+    started = process_started_at(start)
+    # btime has whole seconds: a process counts as newer than the file only by a clear second.
+    if started is not None and started - 1.0 > file_mtime:
+        return file_view, ""
+    return None, (f"cjdroute (pid {pid}) was started before the config last changed, and this formula "
+                  "has no record of what it gave it")
+
+
+def _connect_args(key: str, peer: dict) -> dict:
+    password = peer.get("password")
+    if not isinstance(password, str) or not password:
+        # v20.7's core dies on a beginConnection without a password (recorded).
+        raise ConfigError(f"peer {peer['endpoint']}: no password; refusing to call beginConnection without one")
+    args = {"address": peer["endpoint"], "publicKey": key, "password": password, "interfaceNumber": peer["interface"]}
+    for name in ("login", "peerName"):
+        if isinstance(peer.get(name), str) and peer[name]:
+            args[name] = peer[name]
+    return args
+
+
+def _user_args(user: str, entry: dict) -> dict:
+    args = {"user": user, "password": entry["password"]}
+    if isinstance(entry.get("ipv6"), str) and entry["ipv6"]:
+        args["ipv6"] = entry["ipv6"]
+    return args
+
+
+def _wait_listed(client: "AdminClient", keys: list[str], wait: float) -> dict:
+    """{key: state} of the peers just connected, polled until ESTABLISHED or ``wait`` ends.
+
+    beginConnection answers "none" even for a wrong password; only peerStats tells."""
+    deadline = time.monotonic() + wait
+    while True:
+        states = {p["public_key"]: p["state"] for p in (_peer_view(r) for r in client.call_paged("InterfaceController_peerStats"))}
+        seen = {k: states.get(k) for k in keys}
+        if all(s == "ESTABLISHED" for s in seen.values()) or time.monotonic() >= deadline:
+            return seen
+        time.sleep(0.02)
+
+
+# The recorded answers when the user or peer is not there (any more).
+_ALREADY_GONE = {
+    "AuthorizedPasswords_remove": ("Unknown error.",),
+    "InterfaceController_disconnectPeer": ("no peer found for that key",),
+}
+
+
+def apply_live(client: "AdminClient", data: dict, plan: LivePlan, wait: float = ESTABLISH_WAIT) -> dict:
+    """Make the plan's calls in a safe order: revoke first, then add, then connect.
+
+    Returns {key: peerStats state} of the peers connected. Raises LiveApplyError with the
+    changes already live when a call fails or a connected peer is not listed.
+    """
+    users = _live_users(data)
+    peers = _live_peers(data)
+    # Every beginConnection is checked before the first call, so a refusal changes nothing.
+    connects = [(key, _connect_args(key, peers[key])) for key in plan.connect]
+    done: list[str] = []
+
+    def call(what: str, function: str, args: dict) -> None:
+        try:
+            reply = client.call(function, args)
+        except AdminCallError as error:
+            # Gone already (between the read and this call): what the call was for.
+            if error.error in _ALREADY_GONE.get(function, ()):
+                done.append(what)
+                return
+            raise LiveApplyError(f"{what}: {error}", done) from None
+        except AdminError as error:
+            raise LiveApplyError(f"{what}: {error}", done) from None
+        if reply.get("success") == 0:
+            raise LiveApplyError(f"{what}: {function}: {reply.get('error')}", done)
+        done.append(what)
+
+    for user in plan.remove_users:
+        call(f"authorized password {user} removed", "AuthorizedPasswords_remove", {"user": user})
+    for key in plan.disconnect:
+        call(f"peer {key} disconnected", "InterfaceController_disconnectPeer", {"pubkey": key})
+    for key in plan.reset_incoming:
+        call(f"incoming peer {key} re-authenticated", "InterfaceController_resetPeering", {"pubkey": key})
+    for user in plan.add_users:
+        call(f"authorized password {user} added", "AuthorizedPasswords_add", _user_args(user, users[user]))
+    for key, args in connects:
+        call(f"peer {peers[key]['endpoint']} ({key}) connected", "UDPInterface_beginConnection", args)
+    if not plan.connect:
+        return {}
+    try:
+        states = _wait_listed(client, plan.connect, wait)
+    except AdminError as error:
+        raise LiveApplyError(f"peerStats after beginConnection: {error}", done) from None
+    missing = [k for k, s in states.items() if s is None]
+    if missing:
+        raise LiveApplyError(f"peers not in peerStats after beginConnection: {', '.join(missing)}", done)
+    return states

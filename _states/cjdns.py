@@ -1850,3 +1850,208 @@ def bind_entry_absent(name: str, path: str) -> dict:
         return _fail(ret, f"retiring the bind-dirs entry for {path}: {error}")
     ret["comment"] = f"retired {what}: {', '.join(sorted(plan))}"
     return ret
+
+
+# --------------------------------------------------------------------------------------
+# Peers and passwords applied to the running node; a restart only when the API cannot
+# --------------------------------------------------------------------------------------
+# cjdns.live compares the running node with the config file (the truth: what a restart
+# loads) and makes only the difference through the admin API. What it cannot change live
+# (the key, the admin API, the UDP binds, the TUN device, every other setting) it hands to
+# cjdns.restart_needed, the one state the service watches: it has changes only then, so the
+# service restarts only then, and says why.
+
+LIVE_CONTEXT = "cjdns.restart"
+
+
+def _live_record_path(name: str) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(name)), _cj().LIVE_RECORD)
+
+
+def _read_live_record(name: str) -> dict:
+    try:
+        with open(_live_record_path(name), encoding="utf-8") as handle:
+            record = json.load(handle)
+        return record if isinstance(record, dict) else {}
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def _write_live_record(name: str, record: dict, old: dict) -> None:
+    """Kept beside the config (0600): fingerprints of credentials, never a password."""
+    if _test() or record == old:
+        return
+    data = (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
+    _cj().atomic_write(_live_record_path(name), data, 0o600)
+
+
+def _process_alive(process: Any) -> bool:
+    if not isinstance(process, list) or len(process) != 2 or process[0] is None:
+        return False
+    return _cj().process_start(process[0]) == process[1]
+
+
+def _service_active(service: str) -> bool:
+    if not service or "service.status" not in __salt__:
+        return False
+    try:
+        return bool(__salt__["service.status"](service))
+    except Exception:  # no init system here (a container without systemd): cannot tell
+        return False
+
+
+def _main_pid(service: str) -> int | None:
+    """The unit's MainPID, for a cjdroute whose Core_pid answer is not {"pid": N} (its reply
+    was not recorded); any process that stays the same until a restart identifies the node."""
+    if not service or "service.show" not in __salt__:
+        return None
+    try:
+        pid = int(__salt__["service.show"](service).get("MainPID", 0))
+    except Exception:  # no systemd here
+        return None
+    return pid or None
+
+
+def _peer_label(key: str, data: dict, running: dict) -> str:
+    peer = _cj()._live_peers(data).get(key)
+    if peer:
+        return f"{peer['endpoint']} ({peer['peerName']})" if peer.get("peerName") else peer["endpoint"]
+    seen = next((p for p in running.get("peers", []) if p["public_key"] == key), None)
+    if seen and seen.get("incoming"):
+        return f"incoming {seen.get('ipv6')} ({seen.get('lladdr')})"
+    if seen:  # a peer the file no longer has: as peerStats shows it (user = its peerName)
+        return f"{seen.get('lladdr')} ({seen['user']})" if seen.get("user") else str(seen.get("lladdr"))
+    return key
+
+
+def _live_changes(plan: Any, data: dict, running: dict) -> dict:
+    label = lambda key: _peer_label(key, data, running)  # noqa: E731
+    users = {
+        "added": [u for u in plan.add_users if u not in plan.changed_users],
+        "changed": list(plan.changed_users),
+        "removed": [u for u in plan.remove_users if u not in plan.changed_users],
+    }
+    peers = {
+        "connected": [label(k) for k in plan.connect if k not in plan.reconnect],
+        "reconnected": [label(k) for k in plan.reconnect],
+        "disconnected": [label(k) for k in plan.disconnect if k not in plan.reconnect],
+        "re-authenticated": [label(k) for k in plan.reset_incoming],
+    }
+    changes = {}
+    if any(users.values()):
+        changes["authorizedPasswords"] = {k: v for k, v in users.items() if v}
+    if any(peers.values()):
+        changes["peers"] = {k: v for k, v in peers.items() if v}
+    return changes
+
+
+def _summary(changes: dict) -> str:
+    parts = [f"{len(v)} {what} {k}" for what, group in (("authorized password(s)", changes.get("authorizedPasswords", {})),
+                                                       ("peer(s)", changes.get("peers", {})))
+             for k, v in group.items()]
+    return ", ".join(parts)
+
+
+def _ask_restart(ret: dict, name: str, reason: str, pending: dict, record: dict) -> dict:
+    __context__.setdefault(LIVE_CONTEXT, {})[os.path.abspath(name)] = reason
+    ret["changes"]["restart"] = reason
+    if _test():
+        ret["result"] = None
+        ret["comment"] = f"cjdroute would restart: {reason} (test mode)"
+    else:
+        ret["comment"] = f"cjdroute restarts: {reason}"
+    _write_live_record(name, pending, record)
+    return ret
+
+
+def live(name: str, service: str = "", timeout: float = 2.0, wait: float = 1.0) -> dict:
+    """Bring the running cjdroute to its config file ``name`` without a restart where the
+    admin API can: authorized passwords added, changed (remove, then add) and removed
+    (remove, then the peer using them is disconnected); peers connected, reconnected with
+    new credentials (disconnect, then beginConnection) and disconnected.
+
+    When something differs that only a restart applies, or an admin call fails half-way, it
+    changes nothing more and asks ``cjdns.restart_needed`` for a restart, with the reason.
+    A node that is not running gets nothing; the service state starts it from the file.
+
+    service
+        The systemd unit, to tell a node whose admin API moved from one that is not running.
+    """
+    ret = _ret(name)
+    cj = _cj()
+    try:
+        text = _existing(name)
+        doc = cj.parse(text)
+        cj._require_strict(doc)
+        data = doc.data()
+        on_disk = cj.read_text(name) if os.path.exists(name) else None
+        mtime = os.stat(name).st_mtime if on_disk == text else time.time()
+        record = _read_live_record(name)
+        salt = record.get("salt") or os.urandom(16).hex()
+        wanted = cj.live_view(data, salt)
+        client = cj._admin_client(data, name, timeout)
+    except cj.ConfigSyntaxError as error:
+        return _fail(ret, f"{name}:{error.line}:{error.column}: {error.reason}")
+    except Exception as error:  # CjdnsError, OSError, or Salt's CommandExecutionError (no admin.bind)
+        return _fail(ret, f"{name}: {error}")
+    pending = {"salt": salt, "view": wanted, "process": None, "replaced": None}
+    try:
+        running = cj.read_running(client)
+    except cj.AdminAuthError:
+        return _ask_restart(ret, name, "the running cjdroute refuses the file's admin password (admin.password changed)", pending, record)
+    except cj.AdminTimeout:
+        if _process_alive(record.get("process")) or _service_active(service):
+            return _ask_restart(ret, name, f"the admin API does not answer at {client.address} while cjdroute runs (admin.bind changed)", pending, record)
+        ret["comment"] = "cjdroute is not running: nothing to apply live; the service state starts it from the file"
+        _write_live_record(name, pending, record)
+        return ret
+    except cj.AdminError as error:
+        return _ask_restart(ret, name, f"the admin API cannot be read ({error})", pending, record)
+    if running["pid"] is None:
+        running["pid"] = _main_pid(service)
+    start = cj.process_start(running["pid"])
+    me = [running["pid"], start]
+    pending["replaced"] = me
+    base, why = cj.live_baseline(record, running["pid"], start, wanted, mtime)
+    plan = cj.plan_live(wanted, base, running, why)
+    if plan.restart:
+        return _ask_restart(ret, name, "; ".join(plan.restart), pending, record)
+    done = {"salt": salt, "view": wanted, "process": me, "replaced": None}
+    if plan.empty():
+        ret["comment"] = "the running cjdroute matches the config file"
+        _write_live_record(name, done, record)
+        return ret
+    changes = _live_changes(plan, data, running)
+    ret["changes"] = changes
+    if _test():
+        ret["result"] = None
+        ret["comment"] = f"would change live, without a restart: {_summary(changes)} (test mode)"
+        return ret
+    try:
+        states = cj.apply_live(client, data, plan, wait=float(wait))
+    except cj.LiveApplyError as error:
+        ret["changes"] = {"live": error.done} if error.done else {}
+        live_part = f"live before the failure: {'; '.join(error.done)}" if error.done else "nothing was changed live"
+        return _ask_restart(ret, name, f"an admin call failed half-way ({error}); {live_part}; restarting so the node runs exactly the file", pending, record)
+    except cj.CjdnsError as error:  # refused before any call (a peer without password)
+        return _fail(ret, f"{name}: {error}")
+    _write_live_record(name, done, record)
+    comment = f"changed live, without a restart: {_summary(changes)}"
+    if states:
+        comment += "; peerStats: " + ", ".join(f"{_peer_label(k, data, running)} {s}" for k, s in sorted(states.items()))
+    ret["comment"] = comment
+    return ret
+
+
+def restart_needed(name: str) -> dict:
+    """Has changes only when ``cjdns.live`` found that the node at config ``name`` needs a
+    restart (the change says why). The service state watches this, not the config states."""
+    ret = _ret(name)
+    reason = __context__.get(LIVE_CONTEXT, {}).get(os.path.abspath(name))
+    if not reason:
+        ret["comment"] = "no restart needed: the running cjdroute has what the file says, or takes it live"
+        return ret
+    ret["changes"] = {"restart": reason}
+    ret["result"] = None if _test() else True
+    ret["comment"] = f"cjdroute restart {'predicted' if _test() else 'requested'}: {reason}"
+    return ret

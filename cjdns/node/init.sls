@@ -1,6 +1,7 @@
 ## cjdns.node: a cjdns node on a plain Debian minion (no Qubes): the packages the formula
 ## needs (cjdns.node.packages), cjdroute installed, the hardened unit, its own identity,
-## managed settings and peers, and the service running.
+## managed settings and peers, and the service running (peer and password changes applied
+## live through the admin API; a restart only for what the API cannot change).
 ## The host firewall is left to you: open UDP cjdns:node:udp_port for incoming peers.
 ## Pillar: cjdns:packages, cjdns:install, cjdns:node, cjdns:paths.
 ## Execute: salt '<minion>' state.apply cjdns.node
@@ -8,7 +9,7 @@
 {%- from tplroot ~ "/map.jinja" import cjdns, cjdns_public, target with context %}
 {%- from tplroot ~ "/libguard.jinja" import refuse %}
 {%- from tplroot ~ "/libinstall.jinja" import install_states %}
-{%- from tplroot ~ "/libnode.jinja" import identity_state, config_states %}
+{%- from tplroot ~ "/libnode.jinja" import identity_state, config_states, live_states %}
 {%- if target != "node" %}
 {{ refuse(sls, "a plain minion without Qubes (in Qubes use cjdns.template and cjdns.proxy)", target) }}
 {%- else %}
@@ -36,6 +37,8 @@ cjdns-node-unit:
 
 {{ config_states(cjdns, "cjdns-node") }}
 
+{{ live_states(cjdns, "cjdns-node") }}
+
 cjdns-node-running:
   service.running:
     - name: {{ cjdns.node.service | json }}
@@ -45,7 +48,5 @@ cjdns-node-running:
       - cjdns: cjdns-node-cjdroute-installed
     - watch:
       - file: cjdns-node-unit
-      - cjdns: cjdns-node-identity
-      - cjdns: cjdns-node-config
-      - cjdns: cjdns-node-peers
+      - cjdns: cjdns-node-restart-needed
 {%- endif %}

@@ -1,8 +1,11 @@
-## cjdns.proxy.service: cjdroute running in sys-cjdns, restarted when its config changes.
+## cjdns.proxy.service: cjdroute running in sys-cjdns. Peer and password changes reach the
+## running node through its admin API (cjdns.live); it restarts only for what the API cannot
+## change (key, admin API, UDP binds, TUN device, other settings), and the state says why.
 ## Execute: qubesctl --skip-dom0 --targets=sys-cjdns state.apply cjdns.proxy.service
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- from tplroot ~ "/map.jinja" import cjdns, cjdns_public, target with context %}
 {%- from tplroot ~ "/libguard.jinja" import refuse %}
+{%- from tplroot ~ "/libnode.jinja" import live_states %}
 {%- if target != "app" %}
 {{ refuse(sls, "the Qubes AppVM " ~ cjdns.qubes.proxy, target) }}
 {%- else %}
@@ -26,14 +29,14 @@ cjdns-proxy-unit:
     - require:
       - cjdns: cjdns-pillar-valid
 
+{{ live_states(cjdns, "cjdns-proxy") }}
+
 cjdns-proxy-running:
   service.running:
     - name: {{ cjdns.node.service | json }}
     - watch:
       - file: cjdns-proxy-unit
-      - cjdns: cjdns-proxy-identity
-      - cjdns: cjdns-proxy-config
-      - cjdns: cjdns-proxy-peers
+      - cjdns: cjdns-proxy-restart-needed
     - require:
       - cjdns: cjdns-pillar-valid
 {%- endif %}

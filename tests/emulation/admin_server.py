@@ -10,6 +10,18 @@ of 8 bytes long (BencMessageWriter aligns the message start; the buffer end is a
 
 It shares no code with the product client on purpose, so a bug in one is caught by the other.
 
+The calls that change a running node answer as transcript-live-changes.json records (cjdns v20.7):
+AuthorizedPasswords_add refuses only an exact repeat (same user, same password), so a user with a new
+password becomes a second entry; _remove drops every entry of the user ("Unknown error." for none) and
+leaves connected peers alone; UDPInterface_beginConnection answers "none" at once, lists the peer as
+INIT v0 and ESTABLISHED about 10 ms later (when the remote takes the credentials), and for a peer that
+is already listed replaces its session under a new label with counters from 0 and keeps the old one
+inside (counted in `leaked_sessions`; no call frees it); without a password the core dies (no reply,
+nothing answers afterwards, `on_core_death` runs); disconnectPeer drops a peer at once;
+resetPeering makes an incoming peer re-authenticate, and one whose credentials were removed stops
+passing traffic (UNRESPONSIVE 27 s later). ESTABLISHED peers made here have byte counters that grow
+with time, so a test sees a session stay up. Everything is in memory: a restart loses it.
+
 In-process:
     with AdminServer(password="pw", peers=synthetic_peers(20)) as server:
         server.port  # ephemeral port on 127.0.0.1
@@ -22,6 +34,7 @@ As a fake cjdroute (serves admin.bind of a cjdroute.conf; prints the bound port 
 import argparse
 import hashlib
 import hmac
+import ipaddress
 import json
 import os
 import random
@@ -69,12 +82,20 @@ FIRST_PAGE = (
 BUILTIN_SPECS: Dict[str, Dict[str, Dict[str, Any]]] = {
     "Admin_asyncEnabled": {},
     "Admin_availableFunctions": {"page": {"required": 0, "type": "Int"}},
+    "AuthorizedPasswords_add": {"ipv6": {"required": 0, "type": "String"}, "password": {"required": 1, "type": "String"},
+                                "user": {"required": 0, "type": "String"}},
     "AuthorizedPasswords_list": {"page": {"required": 0, "type": "Int"}},
+    "AuthorizedPasswords_remove": {"user": {"required": 1, "type": "String"}},
     "Core_nodeInfo": {},
     "Core_pid": {},
     "InterfaceController_disconnectPeer": {"pubkey": {"required": 1, "type": "String"}},
     "InterfaceController_interfaces": {"page": {"required": 0, "type": "Int"}},
     "InterfaceController_peerStats": {"page": {"required": 0, "type": "Int"}},
+    "InterfaceController_resetPeering": {"pubkey": {"required": 0, "type": "String"}},
+    "UDPInterface_beginConnection": {
+        "address": {"required": 1, "type": "String"}, "interfaceNumber": {"required": 0, "type": "Int"},
+        "login": {"required": 0, "type": "String"}, "password": {"required": 0, "type": "String"},
+        "peerName": {"required": 0, "type": "String"}, "publicKey": {"required": 1, "type": "String"}},
     "ping": {},
 }
 
@@ -87,6 +108,12 @@ ENCODING_SCHEME = [
 ]
 
 BASE32_ALPHABET = "0123456789bcdfghjklmnpqrstuvwxyz"
+
+# Timings recorded on loopback (observations in transcript-live-changes.json).
+ESTABLISH_MS = 10
+UNRESPONSIVE_MS = 24000
+REFUSED_UNRESPONSIVE_MS = 27000
+BYTES_PER_MS = 2  # traffic on an established emulated session, so counters visibly grow
 
 
 # --- bencode, the cjdns way -------------------------------------------------------------------------
@@ -336,15 +363,22 @@ def server_kwargs_from_conf(conf: Dict[str, Any], peer_state: str = "ESTABLISHED
         beacon = {0: "DISABLED", 1: "ACCEPTING", 2: "SENDING"}.get(iface.get("beacon", 0), "INVALID")
         interfaces.append({"ifNum": if_num, "name": "UDP/{}/{}".format(family, bind), "beaconState": beacon})
         for index, (address, entry) in enumerate(sorted(iface.get("connectTo", {}).items())):
-            peers.append(peer_entry(entry["publicKey"], address, state=peer_state,
-                                    label="0000.0000.0000.{:04x}".format(0x13 + 2 * index),
-                                    user=entry.get("peerName"), last_ms=last_ms, if_num=if_num))
-    users = [entry.get("user", "Anon #{}".format(i)) for i, entry in enumerate(conf.get("authorizedPasswords", []))]
+            peer = peer_entry(entry["publicKey"], address, state=peer_state,
+                              label="0000.0000.0000.{:04x}".format(0x13 + 2 * len(peers)),
+                              user=entry.get("peerName"), last_ms=last_ms, if_num=if_num)
+            if peer_state == "ESTABLISHED":
+                peer["_since"] = last_ms
+            peers.append(peer)
+    entries = [{"user": entry.get("user", "Anon #{}".format(i + 1)), "password": entry.get("password"),
+                "ipv6": entry.get("ipv6")}
+               for i, entry in enumerate(conf.get("authorizedPasswords", []))]
+    users = [entry["user"] for entry in entries]
     return {
         "host": host, "port": port, "password": conf.get("admin", {}).get("password", "NONE"),
         "public_key": conf.get("publicKey", NODE_A_PUBLIC_KEY), "ipv6": conf.get("ipv6"),
         # v20.7 node A listed its users newest first, then the built-in "Local Peers".
         "users": list(reversed(users)) + ["Local Peers"],
+        "auth_entries": entries,
         "interfaces": interfaces, "peers": peers,
     }
 
@@ -398,6 +432,7 @@ class AdminServer:
     def __init__(self, password: Optional[str], *, host: str = "127.0.0.1", port: int = 0,
                  public_key: str = NODE_A_PUBLIC_KEY, ipv6: Optional[str] = None,
                  peers: Optional[List[Dict[str, Any]]] = None, users: Optional[List[str]] = None,
+                 auth_entries: Optional[List[Dict[str, Any]]] = None,
                  interfaces: Optional[List[Dict[str, Any]]] = None,
                  functions: Optional[List[Tuple[str, Dict[str, Any]]]] = None,
                  clock_ms: Callable[[], int] = _default_clock_ms, faults: Optional[Faults] = None) -> None:
@@ -407,7 +442,21 @@ class AdminServer:
         self.public_key = public_key
         self.ipv6 = ipv6 or key_ipv6(public_key)
         self.peers: List[Dict[str, Any]] = list(peers or [])
-        self.users: List[str] = list(users if users is not None else ["Local Peers"])
+        # authorizedPasswords, oldest first: {"user", "password", "ipv6"}; "Local Peers" is built in.
+        self.auth: List[Dict[str, Any]] = []
+        self.builtin_users = ["Local Peers"]
+        if auth_entries is not None:
+            self.auth = [dict(entry) for entry in auth_entries]
+        elif users is not None:
+            self.users = users
+        # Remote nodes that check credentials: {public key: [(login, password), ...]}; a key not
+        # listed stands for a remote that takes what it is given.
+        self.remotes: Dict[str, List[Tuple[Optional[str], str]]] = {}
+        self.leaked_sessions: List[str] = []  # keys whose replaced session stayed inside
+        self.core_dead = False
+        self.on_core_death: Optional[Callable[[], None]] = None
+        self.on_leak: Optional[Callable[[str], Any]] = None
+        self._leaked_labels: List[str] = []
         self.interfaces: List[Dict[str, Any]] = list(interfaces or [])
         self.functions = functions if functions is not None else load_function_specs()
         self.specs = dict(self.functions)
@@ -421,6 +470,19 @@ class AdminServer:
         self._thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
         self._timers: List[threading.Timer] = []
+
+    @property
+    def users(self) -> List[str]:
+        """What AuthorizedPasswords_list shows: newest first, then "Local Peers"."""
+        return [entry["user"] for entry in reversed(self.auth)] + self.builtin_users
+
+    @users.setter
+    def users(self, names: List[str]) -> None:
+        """Names as listed (tests of the list call); "Local Peers" last is cjdroute's own."""
+        names = list(names)
+        self.builtin_users = names[-1:] if names[-1:] == ["Local Peers"] else []
+        self.auth = [{"user": name, "password": None, "ipv6": None}
+                     for name in reversed(names[:len(names) - len(self.builtin_users)])]
 
     # lifecycle
 
@@ -478,6 +540,8 @@ class AdminServer:
 
     def handle(self, data: bytes, source: Any = None) -> Tuple[str, Optional[bytes]]:
         """(function name, reply datagram or None) for one request datagram, without faults."""
+        if self.core_dead:
+            return "", None
         if len(data) > MAX_REQUEST_SIZE:
             return "", TOO_BIG
         try:
@@ -489,6 +553,8 @@ class AdminServer:
             return "", None
         txid = message.get(b"txid")
         function, reply = self._dispatch(message, query, data, source)
+        if reply is None:
+            return function, None
         if isinstance(txid, bytes) and txid:
             reply[b"txid"] = txid
         return function, benc_reply(reply)
@@ -554,9 +620,6 @@ class AdminServer:
     def _fn_ping(self, args: Dict[bytes, Any]) -> Dict[bytes, Any]:
         return {b"q": b"pong"}
 
-    def _fn_Core_pid(self, args: Dict[bytes, Any]) -> Dict[bytes, Any]:
-        return {b"pid": os.getpid()}
-
     def _fn_Admin_asyncEnabled(self, args: Dict[bytes, Any]) -> Dict[bytes, Any]:
         return {b"asyncEnabled": int(self.async_enabled)}
 
@@ -570,7 +633,154 @@ class AdminServer:
         return reply
 
     def _fn_InterfaceController_peerStats(self, args: Dict[bytes, Any]) -> Dict[bytes, Any]:
-        return self._paged(b"peers", list(self.peers), PEERS_PER_PAGE, args)
+        now = self.clock_ms()
+        return self._paged(b"peers", [self._peer_view(peer, now) for peer in self.peers], PEERS_PER_PAGE, args)
+
+    def _peer_view(self, peer: Dict[str, Any], now: int) -> Dict[str, Any]:
+        """A peer as peerStats shows it at `now`: sessions made here move through their states
+        and count bytes while they pass traffic; "_" fields are the emulator's own."""
+        view = {key: value for key, value in peer.items() if not key.startswith("_")}
+        if "_since" not in peer:
+            return view
+        key = peer["addr"].split(".", 5)[-1]
+        label = peer["addr"].split(".")[1:5]
+        established_at = peer.get("_established_at", peer["_since"])
+        stopped_at = peer.get("_stopped_at")
+        if established_at is None or now < established_at:
+            state, version = "INIT", 0
+            if now - peer["_since"] >= UNRESPONSIVE_MS:
+                state = "UNRESPONSIVE"
+        else:
+            state, version = "ESTABLISHED", PROTOCOL_VERSION
+            if stopped_at is not None and now - stopped_at >= REFUSED_UNRESPONSIVE_MS:
+                state = "UNRESPONSIVE"
+        end = now if stopped_at is None else min(now, stopped_at)
+        flowing = max(end - max(established_at or end, peer["_since"]), 0) * BYTES_PER_MS
+        view.update(addr="v{}.{}.{}".format(version, ".".join(label), key), state=state,
+                    bytesIn=peer.get("_base_in", 0) + flowing, bytesOut=peer.get("_base_out", 0) + flowing)
+        if flowing:
+            view["last"] = end
+        return view
+
+    def _fn_Core_pid(self, args: Dict[bytes, Any]) -> Dict[bytes, Any]:
+        return {b"pid": os.getpid()}
+
+    def _new_label(self) -> str:
+        """The lowest label no session holds, leaked ones included (recorded: 0013, 0015, 0017,
+        0019 for four sessions with D; 0019 again after D was disconnected; then 001b)."""
+        used = {".".join(peer["addr"].split(".")[1:5]) for peer in self.peers} | set(self._leaked_labels)
+        number = 0x13
+        while "0000.0000.0000.{:04x}".format(number) in used:
+            number += 2
+        return "0000.0000.0000.{:04x}".format(number)
+
+    def _session(self, key: str, lladdr: str, if_num: int, user: Optional[str], accepted: bool,
+                 incoming: int = 0, login: Optional[str] = None, password: Optional[str] = None) -> Dict[str, Any]:
+        now = self.clock_ms()
+        peer = peer_entry(key, lladdr, state="INIT", label=self._new_label(), version=0, user=user,
+                          is_incoming=incoming, last_ms=now, if_num=if_num)
+        peer["_since"] = now
+        peer["_established_at"] = now + ESTABLISH_MS if accepted else None
+        if incoming:
+            peer["_login"], peer["_password"] = login, password
+        return peer
+
+    def _credentials_valid(self, login: Optional[str], password: Optional[str]) -> bool:
+        return any(entry["password"] == password and (login is None or entry["user"] == login)
+                   for entry in self.auth if entry.get("password") is not None)
+
+    def add_incoming(self, key: str, lladdr: str, login: Optional[str], password: str,
+                     if_num: int = 0) -> bool:
+        """A remote node peers with this one using these credentials (refused unless valid)."""
+        if not self._credentials_valid(login, password):
+            return False
+        peer = self._session(key, lladdr, if_num, "outer", True, incoming=1, login=login, password=password)
+        peer["_established_at"] = peer["_since"]
+        self.peers.insert(0, peer)
+        return True
+
+    def _fn_AuthorizedPasswords_add(self, args: Dict[bytes, Any]) -> Dict[bytes, Any]:
+        password = args[b"password"].decode("utf-8", "replace")
+        user = args.get(b"user")
+        user = user.decode("utf-8", "replace") if isinstance(user, bytes) else None
+        ipv6 = args.get(b"ipv6")
+        if isinstance(ipv6, bytes):
+            try:
+                ipaddress.IPv6Address(ipv6.decode("utf-8", "replace"))
+            except ValueError:
+                return {b"error": b"Invalid IPv6 Address"}
+            ipv6 = ipv6.decode()
+        else:
+            ipv6 = None
+        name = user if user is not None else "Anon #{}".format(len(self.auth) + 1)
+        if any(entry["user"] == name and entry["password"] == password for entry in self.auth):
+            return {b"error": b"Password already added."}
+        self.auth.append({"user": name, "password": password, "ipv6": ipv6})
+        return {b"error": b"none"}
+
+    def _fn_AuthorizedPasswords_remove(self, args: Dict[bytes, Any]) -> Dict[bytes, Any]:
+        user = args[b"user"].decode("utf-8", "replace")
+        remaining = [entry for entry in self.auth if entry["user"] != user]
+        if len(remaining) == len(self.auth):
+            return {b"error": b"Unknown error."}
+        self.auth = remaining  # a connected peer keeps its session (recorded)
+        return {b"error": b"none"}
+
+    def _fn_UDPInterface_beginConnection(self, args: Dict[bytes, Any]) -> Optional[Dict[bytes, Any]]:
+        if_num = args.get(b"interfaceNumber", 0)
+        if not isinstance(if_num, int) or not 0 <= if_num < len(self.interfaces):
+            return {b"error": b"no such interface for interfaceNumber"}
+        address = args[b"address"].decode("utf-8", "replace")
+        family = _address_family(address)
+        if family is None:
+            return {b"error": b"unable to parse ip address and port."}
+        if family != self.interfaces[if_num]["name"].split("/")[1]:
+            return {b"error": b"different address type than this socket is bound to."}
+        key = args[b"publicKey"].decode("utf-8", "replace")
+        if len(key) < 52:
+            return {b"error": b"key must be 52 characters long"}
+        if parse_key(key) is None or key == self.public_key:
+            return {b"error": b"invalid cjdns public key."}
+        password = args.get(b"password")
+        if not isinstance(password, bytes):
+            # Recorded: no reply, and the core process died (signal 31).
+            self.core_dead = True
+            if self.on_core_death is not None:
+                self.on_core_death()
+            return None
+        login = args.get(b"login")
+        login = login.decode("utf-8", "replace") if isinstance(login, bytes) else None
+        name = args.get(b"peerName")
+        name = name.decode("utf-8", "replace") if isinstance(name, bytes) else None
+        wanted = self.remotes.get(key)
+        accepted = wanted is None or (login, password.decode("utf-8", "replace")) in wanted
+        for index, peer in enumerate(self.peers):
+            if peer["addr"].endswith("." + key):
+                # Recorded: the entry gets a new session (new label, counters from 0); the old
+                # session is not freed and stays out of reach of every admin call.
+                self.leaked_sessions.append(key)
+                self._leaked_labels.append(".".join(peer["addr"].split(".")[1:5]))
+                if self.on_leak is not None:
+                    self.on_leak(key)
+                self.peers[index] = self._session(key, address, if_num, name, accepted)
+                return {b"error": b"none"}
+        # Newest first, as C listed E (001b) before D (0019) in the one recorded case.
+        self.peers.insert(0, self._session(key, address, if_num, name, accepted))
+        return {b"error": b"none"}
+
+    def _fn_InterfaceController_resetPeering(self, args: Dict[bytes, Any]) -> Dict[bytes, Any]:
+        key = args.get(b"pubkey")
+        key = key.decode("utf-8", "replace") if isinstance(key, bytes) else None
+        now = self.clock_ms()
+        for peer in self.peers:
+            if key is not None and not peer["addr"].endswith("." + key):
+                continue
+            # A new handshake: an incoming peer answers with the credentials it has; refused ones
+            # stop the traffic (recorded: bytesIn froze, UNRESPONSIVE 27 s later, still listed).
+            if peer.get("isIncoming") and "_since" in peer and peer.get("_stopped_at") is None \
+                    and not self._credentials_valid(peer.get("_login"), peer.get("_password")):
+                peer["_stopped_at"] = now
+        return {b"success": 1}
 
     def _fn_InterfaceController_interfaces(self, args: Dict[bytes, Any]) -> Dict[bytes, Any]:
         return self._paged(b"ifaces", self.interfaces, PEERS_PER_PAGE, args)
@@ -655,6 +865,20 @@ def _with_txid(reply: bytes, suffix: bytes) -> bytes:
     decoded = read_request(reply)
     decoded[b"txid"] = decoded.get(b"txid", b"") + b"-" + suffix
     return benc_reply(decoded)
+
+
+def _address_family(address: str) -> Optional[str]:
+    """ "IPv4"/"IPv6" of "a.b.c.d:port" or "[v6]:port"; None when it does not parse as an IP."""
+    host, _, port = address.rpartition(":")
+    if not port.isdigit() or not host:
+        return None
+    try:
+        parsed = ipaddress.ip_address(host[1:-1] if host.startswith("[") and host.endswith("]") else host)
+    except ValueError:
+        return None
+    if parsed.version == 6 and not host.startswith("["):
+        return None
+    return "IPv{}".format(parsed.version)
 
 
 def _missing_arg(args: Optional[Dict[bytes, Any]], spec: Dict[str, Any]) -> Optional[bytes]:

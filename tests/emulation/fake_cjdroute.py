@@ -10,6 +10,15 @@ EMULATION_DIR filled in, and the shebang set to the test venv's Python (it needs
                                create the TUN device (if the config asks for one and the qube can)
                                and answer the admin API on admin.bind
   cjdroute --version           "Cjdns version: 22" and the tag it was built from
+
+Test knobs (environment): CJDNS_FAKE_NO_TUN=1 makes no TUN device (as in a qube without
+/dev/net/tun; for tests on the host); CJDNS_FAKE_INCOMING names a JSON list of remote nodes that
+peer with this one at start ({"publicKey", "lladdr", "login", "password"}; refused unless the
+config authorizes them). CJDNS_FAKE_LEAKS names a file that gets one line per session a
+repeated beginConnection leaked (the key), so a test sees that the formula never does it.
+CJDNS_FAKE_FAULTS names a JSON file read at start: {"no_reply": [function, ...]}, for an admin
+API that fails half-way. A beginConnection without password ends the process as v20.7's core
+dies (exit status 128+31: it was killed by signal 31).
 """
 
 from __future__ import annotations
@@ -235,7 +244,20 @@ def serve_admin(conf: dict[str, Any]) -> NoReturn:
         kwargs = module.server_kwargs_from_conf(conf)
         # The identity comes from privateKey; "publicKey"/"ipv6" in a config are only comments.
         kwargs["public_key"], kwargs["ipv6"] = public_key(conf["privateKey"])
-        module.AdminServer(**kwargs).start()
+        server = module.AdminServer(**kwargs)
+        server.on_core_death = lambda: os._exit(128 + signal.SIGSYS)
+        leaks = os.environ.get("CJDNS_FAKE_LEAKS")
+        if leaks:
+            server.on_leak = lambda key: Path(leaks).open("a").write(key + "\n")
+        faults = os.environ.get("CJDNS_FAKE_FAULTS")
+        if faults and Path(faults).exists():
+            only = json.loads(Path(faults).read_text()).get("no_reply") or []
+            server.faults = module.Faults(no_reply=True, only=set(only))
+        incoming = os.environ.get("CJDNS_FAKE_INCOMING")
+        if incoming:
+            for remote in json.loads(Path(incoming).read_text()):
+                server.add_incoming(remote["publicKey"], remote["lladdr"], remote.get("login"), remote["password"])
+        server.start()
         while True:
             signal.pause()  # SIGTERM ends the process (handler set in run())
     family, host, port = _split_bind(conf["admin"]["bind"])
@@ -264,7 +286,7 @@ def run(text: str) -> int:
     _, ipv6 = public_key(conf["privateKey"])
     print(f"Cjdns version 22 (fake, built from {BUILT_FROM}) starting, address {ipv6}",
           flush=True)
-    tun = create_tun(conf)
+    tun = None if os.environ.get("CJDNS_FAKE_NO_TUN") else create_tun(conf)
     if tun:
         print(f"Initialized TUN device {tun}", flush=True)
     serve_admin(conf)

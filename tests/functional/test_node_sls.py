@@ -105,3 +105,32 @@ def test_node_first_apply_second_apply_and_dry_run(node):
     private_key = cj.loads(machine.path(CONF).read_text())["privateKey"]
     for result in (dry, first, second, status):
         assert private_key not in result.stdout + result.stderr
+
+
+def test_node_peer_and_password_changes_are_live_under_systemd(node):
+    """The SLS wiring under the machine's real systemd: a new peer and a new authorized password
+    reach cjdroute through its admin API; the service state does not restart it."""
+    machine = node.machine
+    host = machine.testinfra_host()
+    pid = host.run("systemctl show -p MainPID --value cjdns").stdout.strip()
+    peer = {"password": "live-peer-password-3", "publicKey": "qc6hh1gfszsfwvzzcjnxs9j56jfqc3z6pxrq8grl1lr164qhmwg0.k",
+            "peerName": "node-c"}
+    pillar = json.loads(json.dumps(node.pillar))
+    pillar["cjdns"]["node"]["peers"]["192.0.2.30:47300"] = peer
+    pillar["cjdns"]["node"]["authorized_passwords"] = {**(pillar["cjdns"]["node"].get("authorized_passwords") or {}),
+                                                       "newcomer": {"password": "live-user-password-4"}}
+    node.set_pillar(pillar)
+    try:
+        result = ok(node.apply("cjdns.node"))
+    finally:
+        node.set_pillar(node.pillar)
+    states = {r["__id__"]: r for r in state_results(result.data)}
+    assert states["cjdns-node-live"]["changes"] == {"authorizedPasswords": {"added": ["newcomer"]},
+                                                    "peers": {"connected": ["192.0.2.30:47300 (node-c)"]}}
+    assert states["cjdns-node-restart-needed"]["changes"] == {}
+    assert "cjdns-node-running" not in changed(result.data)
+    assert host.run("systemctl show -p MainPID --value cjdns").stdout.strip() == pid
+    keys = {p["public_key"] for p in node.call("cjdns.peer_stats").data}
+    assert peer["publicKey"] in keys
+    assert "live-peer-password-3" not in result.stdout + result.stderr
+    assert "live-user-password-4" not in result.stdout + result.stderr

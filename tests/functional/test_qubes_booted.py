@@ -194,6 +194,28 @@ def test_5_a_reboot_keeps_key_address_peers_and_brings_rules_and_route_back(lab)
     assert json.dumps(status).count(after["privateKey"]) == 0
 
 
+def test_6_sys_cjdns_takes_a_new_peer_and_password_live(lab):
+    """cjdns.proxy under sys-cjdns's systemd: a peer and an authorized password added in pillar
+    reach the running cjdroute through its admin API; the service is not restarted."""
+    host = lab.proxy.testinfra_host()
+    pid = host.run("systemctl show -p MainPID --value cjdns").stdout.strip()
+    key = "qc6hh1gfszsfwvzzcjnxs9j56jfqc3z6pxrq8grl1lr164qhmwg0.k"
+    lab.set_pillar({"cjdns": {"node": {
+        "peers": {"192.0.2.40:47300": {"password": "booted-live-peer-pw-5", "publicKey": key, "peerName": "node-d"}},
+        "authorized_passwords": {"bob": {"password": "booted-live-bob-pw-6"}}}}})
+    result = ok(lab.apply("proxy", "cjdns.proxy"))
+    states = {r["__id__"]: r for r in state_results(result.data)}
+    assert states["cjdns-proxy-live"]["changes"] == {"authorizedPasswords": {"added": ["bob"]},
+                                                     "peers": {"connected": ["192.0.2.40:47300 (node-d)"]}}
+    assert states["cjdns-proxy-restart-needed"]["changes"] == {}
+    assert "cjdns-proxy-running" not in changed(result.data)
+    assert host.run("systemctl show -p MainPID --value cjdns").stdout.strip() == pid
+    assert key in {p["public_key"] for p in lab.call("proxy", "cjdns.peer_stats").data}
+    assert "booted-live-peer-pw-5" not in result.stdout + result.stderr
+    assert "booted-live-bob-pw-6" not in result.stdout + result.stderr
+    assert changed(ok(lab.apply("proxy", "cjdns.proxy")).data) == {}
+
+
 # The sweep. Searched in each qube (as the running qube sees them, tmpfs included).
 QUBE_DIRS = ("/var", "/tmp", "/root", "/rw")
 # Where secrets are by design: the node's config in sys-cjdns's /rw. Not searched either: Debian's
@@ -259,6 +281,8 @@ def test_9_no_secret_appears_in_output_returns_logs_or_cache(lab):
     assert final != first_key  # regenerate_identity did
     secrets = {"template's private key": MANUAL_KEY, "first private key": first_key,
                "regenerated private key": final, "admin password": ADMIN, "alice's password": ALICE,
+               "bob's password (added live)": "booted-live-bob-pw-6",
+               "peer password added live": "booted-live-peer-pw-5",
                **{f"peer password {i}": p for i, p in enumerate(PEER_PASSWORDS)}}
     places = list(lab.outputs)
     places.append(("cjdns.credentials alice (private key and admin password only)", credentials.stdout + credentials.stderr))
