@@ -78,8 +78,11 @@ class ManagementDispVM:
         (self.conf / "master").write_text(yaml.safe_dump(config))
         self._pillars: dict[str, dict[str, Any]] = {}
 
-    def _pillar_key(self, qube: str) -> str:
-        """What dom0's rendering of a pillar depends on: its pillar tree and its config."""
+    def _pillar_key(self, qube: str) -> str | None:
+        """What dom0's rendering of a pillar depends on: its pillar tree and its config (None
+        for a dom0 whose pillar tree is not one directory: rendered every time)."""
+        if not hasattr(self.dom0, "pillar_dir"):
+            return None
         digest = hashlib.sha256(qube.encode() + b"\0" + (self.dom0.conf / "minion").read_bytes())
         for path in sorted(self.dom0.pillar_dir.rglob("*")):
             if path.is_file():
@@ -111,12 +114,18 @@ class ManagementDispVM:
         """The target's pillar as dom0 renders it, without dom0's `master` key (as qubesctl).
         Rendered again only when dom0's pillar tree or config changed since the last time."""
         key = self._pillar_key(qube)
-        if key not in self._pillars:
+        if key is None or key not in self._pillars:
             result = self.dom0.call(f"--id={qube}", "pillar.items")
             if result.rc != 0 or not isinstance(result.data, dict):
                 raise AssertionError(f"dom0 could not render the pillar of {qube}: {result.stderr[-2000:]}")
-            self._pillars[key] = {k: v for k, v in result.data.items() if k != "master"}
-        pillar = copy.deepcopy(self._pillars[key])
+            rendered = {k: v for k, v in result.data.items() if k != "master"}
+            if key is None:
+                return self._write_pillar(qube, rendered)
+            self._pillars[key] = rendered
+        return self._write_pillar(qube, copy.deepcopy(self._pillars[key]))
+
+    def _write_pillar(self, qube: str, pillar: dict[str, Any]) -> dict[str, Any]:
+        """The DispVM's pillar tree and roster for one target."""
         (self.pillar_dir / "combined.sls").write_text(yaml.safe_dump(pillar))
         (self.pillar_dir / "top.sls").write_text(yaml.safe_dump({"base": {qube: ["combined"]}}))
         (self.base / "roster").write_text(yaml.safe_dump({qube: {"host": qube}}))
