@@ -1348,6 +1348,169 @@ def locked(path: str, timeout: float = 60.0) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------------------
+# Modes and owners the formula guarantees (checked on every apply, not only at creation)
+# --------------------------------------------------------------------------------------
+
+
+def mode_drift(path: str, mode: int, directory: bool = False, uid: int = 0, gid: int = 0) -> dict:
+    """How ``path`` differs from a real file (or directory) with ``mode`` owned by uid:gid:
+    ``{"mode": {"old", "new"}, "owner": {"old", "new"}}``, only what differs; {} when it is
+    as wanted or absent. A symbolic link or the wrong kind of file is refused (ConfigError):
+    a link could send a private key wherever it points, so it is never followed or replaced.
+    """
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return {}
+    kind = "directory" if directory else "regular file"
+    if stat.S_ISLNK(info.st_mode):
+        raise ConfigError(f"{path}: is a symbolic link (to {os.readlink(path)}); refusing to use it, "
+                          f"make it a real {kind} owned by root")
+    if not (stat.S_ISDIR if directory else stat.S_ISREG)(info.st_mode):
+        raise ConfigError(f"{path}: is not a {kind}")
+    drift = {}
+    if stat.S_IMODE(info.st_mode) != mode:
+        drift["mode"] = {"old": f"{stat.S_IMODE(info.st_mode):04o}", "new": f"{mode:04o}"}
+    if (info.st_uid, info.st_gid) != (uid, gid):
+        drift["owner"] = {"old": f"{info.st_uid}:{info.st_gid}", "new": f"{uid}:{gid}"}
+    return drift
+
+
+def repair_mode(path: str, mode: int, uid: int = 0, gid: int = 0) -> None:
+    """Set owner then mode (chown clears setuid/setgid, so the mode comes last), without
+    following a link that appeared since mode_drift looked."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------------------
+# The fail-closed firewall of a gateway qube, as the running system has it
+# (cjdns/files/proxy/firewall.jinja loads it; these functions only read)
+# --------------------------------------------------------------------------------------
+
+MESH = "fc00::/8"
+FIREWALL_TABLE = "qubes"
+
+
+def _match(op: str, left: dict, right: Any) -> dict:
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def firewall_chains(udp_port: int, tun_device: str) -> dict:
+    """The formula's own chains, ``{(family, chain): [rule expressions]}`` in nft's JSON form:
+    the peering port open except from the qubes behind (interface group 2) and from the mesh
+    itself (the tun device), and mesh destinations forwarded only through the tun device."""
+    peering = [_match("!=", {"meta": {"key": "iifgroup"}}, 2),
+               _match("!=", {"meta": {"key": "iifname"}}, tun_device),
+               _match("==", {"payload": {"protocol": "udp", "field": "dport"}}, int(udp_port)),
+               {"accept": None}]
+    net, length = MESH.split("/")
+    mesh_forward = [_match("==", {"payload": {"protocol": "ip6", "field": "daddr"}},
+                           {"prefix": {"addr": net, "len": int(length)}}),
+                    _match("!=", {"meta": {"key": "oifname"}}, tun_device),
+                    {"counter": None}, {"drop": None}]
+    return {("ip", "cjdns-input"): [peering], ("ip6", "cjdns-input"): [peering],
+            ("ip6", "cjdns-forward"): [mesh_forward]}
+
+
+# (family, Qubes' chain, our chain, must be the chain's first rule): the mesh drop must come
+# before any accept other users put in custom-forward.
+FIREWALL_JUMPS = (("ip", "custom-input", "cjdns-input", False),
+                  ("ip6", "custom-input", "cjdns-input", False),
+                  ("ip6", "custom-forward", "cjdns-forward", True))
+
+
+def _canonical(value: Any) -> Any:
+    """nft's JSON without what changes on its own (counter values) or by version (numbers
+    printed as strings)."""
+    if isinstance(value, dict):
+        if set(value) == {"counter"}:
+            return {"counter": None}
+        return {k: _canonical(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    return value if value is None else str(value)
+
+
+def _nft_chains(listing: dict) -> dict:
+    """{chain name: [rule expressions]} from ``nft -j list table``."""
+    chains: dict = {}
+    for item in listing.get("nftables", []):
+        if "chain" in item:
+            chains.setdefault(item["chain"]["name"], [])
+        elif "rule" in item:
+            chains.setdefault(item["rule"]["chain"], []).append(item["rule"].get("expr", []))
+    return chains
+
+
+def firewall_drift(tables: dict, routes: list, udp_port: int, tun_device: str, metric: int) -> list[str]:
+    """What is missing or different in the live ruleset and routes, one line each ([] when all
+    is in place). ``tables``: {family: ``nft -j list table <family> qubes`` or None when the
+    table is missing}; ``routes``: ``ip -j -6 route show``."""
+    problems = []
+    chains = {family: _nft_chains(listing) if listing is not None else None for family, listing in tables.items()}
+    for family in sorted({f for f, _ in firewall_chains(udp_port, tun_device)}):
+        if chains.get(family) is None:
+            problems.append(f"table {family} {FIREWALL_TABLE}: missing (is qubes-iptables running?)")
+    for (family, chain), rules in firewall_chains(udp_port, tun_device).items():
+        live = chains.get(family)
+        if live is None:
+            continue
+        if chain not in live:
+            problems.append(f"chain {family} {FIREWALL_TABLE} {chain}: missing")
+        elif _canonical(live[chain]) != _canonical(rules):
+            problems.append(f"chain {family} {FIREWALL_TABLE} {chain}: its rules differ from the formula's")
+    for family, chain, target, first in FIREWALL_JUMPS:
+        live = chains.get(family)
+        if live is None:
+            continue
+        rules = live.get(chain)
+        where = f"chain {family} {FIREWALL_TABLE} {chain}"
+        if rules is None:
+            problems.append(f"{where}: missing (Qubes' own chain; is qubes-iptables running?)")
+            continue
+        jumps = [i for i, expr in enumerate(rules) if _canonical(expr) == _canonical([{"jump": {"target": target}}])]
+        if not jumps:
+            problems.append(f"{where}: no jump to {target}")
+        elif len(jumps) > 1:
+            problems.append(f"{where}: {len(jumps)} jumps to {target}, not one")
+        elif first and jumps != [0]:
+            problems.append(f"{where}: the jump to {target} is not its first rule")
+    wanted = {"type": "blackhole", "dst": MESH, "metric": str(metric)}
+    if not any({k: str(route.get(k)) for k in wanted} == wanted for route in routes):
+        problems.append(f"route blackhole {MESH} metric {metric}: missing")
+    return problems
+
+
+def _run_json(argv: list) -> Any:
+    """The JSON a command prints, or None when it fails (a missing table, say)."""
+    import json
+    import subprocess
+
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=env, check=False)
+    except FileNotFoundError:
+        raise CjdnsError(f"`{argv[0]}` is not installed") from None
+    if proc.returncode != 0:
+        return None
+    return json.loads(proc.stdout or "null")
+
+
+def live_firewall_drift(udp_port: int, tun_device: str, metric: int) -> list[str]:
+    """firewall_drift against the running system (nft and ip of this network namespace)."""
+    tables = {family: _run_json(["nft", "-j", "list", "table", family, FIREWALL_TABLE]) for family in ("ip", "ip6")}
+    routes = _run_json(["ip", "-j", "-6", "route", "show", "table", "main"])
+    if routes is None:
+        raise CjdnsError("`ip -j -6 route show` failed")
+    return firewall_drift(tables, routes, udp_port, tun_device, metric)
+
+
+# --------------------------------------------------------------------------------------
 # A new node's config (what `cjdroute --genconf` would write, with the formula's choices)
 # --------------------------------------------------------------------------------------
 

@@ -74,6 +74,7 @@ def _guarded(name: str, body: Callable[[dict], dict]) -> dict:
     ret = _ret(name)
     directory = os.path.dirname(os.path.abspath(name))
     try:
+        cj.mode_drift(directory, 0o700, directory=True)  # refuses a symbolic link, changes nothing
         if _test():
             return body(ret)
         os.makedirs(directory, mode=0o700, exist_ok=True)
@@ -240,6 +241,54 @@ def identity(name: str, compromised_keys: list | None = None, template_keys: str
         return _finish(ret, name, old, new, done, f"identity kept: {ident.public_key} {ident.ipv6}")
 
     return _guarded(name, body)
+
+
+# --------------------------------------------------------------------------------------
+# The private key's file and directory: modes and owner on every apply
+# --------------------------------------------------------------------------------------
+
+
+def _mode_changes(cj: Any, wanted: list) -> dict:
+    """{path: drift} for the (path, mode, directory) that differ; ConfigError on a link."""
+    return {path: drift for path, mode, directory in wanted if (drift := cj.mode_drift(path, mode, directory))}
+
+
+def _repair_modes(cj: Any, ret: dict, wanted: list, what: str) -> dict:
+    """Report and (unless test) repair the modes and owners in ``wanted``, or refuse a link."""
+    try:
+        changes = _mode_changes(cj, wanted)
+    except cj.CjdnsError as error:
+        return _fail(ret, str(error))
+    if not changes:
+        ret["comment"] = f"{what}: modes and owner as wanted"
+        return ret
+    ret["changes"] = changes
+    if _test():
+        ret.update(result=None, comment=f"would repair the mode or owner of {', '.join(changes)}")
+        return ret
+    try:
+        for path, mode, _directory in wanted:
+            if path in changes:
+                cj.repair_mode(path, mode)
+    except OSError as error:
+        return _fail(ret, f"could not repair {what}: {error}")
+    ret["comment"] = f"repaired the mode or owner of {', '.join(changes)}"
+    return ret
+
+
+def protected(name: str) -> dict:
+    """The config ``name`` (it holds the private key) is a regular file, root's, mode 0600, in
+    a directory that is root's, mode 0700; neither is a symbolic link (refused: nothing is
+    written through one). Checked and repaired on every apply; absent ones are left to
+    ``cjdns.identity``, which makes them so.
+    """
+    cj = _cj()
+    directory = os.path.dirname(os.path.abspath(name))
+    wanted = [(directory, 0o700, True), (name, 0o600, False)]
+    if os.path.islink(directory):
+        # Checked first: the config's own check would look through the link.
+        wanted = wanted[:1]
+    return _repair_modes(cj, _ret(name), wanted, f"{name} and its directory")
 
 
 # --------------------------------------------------------------------------------------
@@ -513,7 +562,8 @@ def config(name: str, settings: dict | None = None, secrets_pillar: str | None =
         new, changes, users = _settings_changes(cj, old, doc.data(), settings, record)
         ret["changes"] = changes
         result = _finish(ret, name, old, new, f"set {', '.join(sorted(changes))}", "managed settings are as wanted")
-        if not _test() and record.get("users") != users:
+        # The record says which entries the formula manages; it changes only with them.
+        if not _test() and new != old and record.get("users") != users:
             _write_record(name, {**record, "users": users})
         return result
 
@@ -558,7 +608,7 @@ def peers(name: str, peers: dict | None = None, pillar_key: str | None = None, e
         summary = ", ".join(f"{len(getattr(plan, k))} {k}" for k in ("added", "updated", "removed") if getattr(plan, k))
         result = _finish(ret, name, old, plan.text, f"peers: {summary}", f"{len(valid)} pillar peers configured, nothing to change")
         managed = sorted(valid)
-        if not _test() and record.get("peers") != managed:
+        if not _test() and plan.text != old and record.get("peers") != managed:
             _write_record(name, {**record, "peers": managed})
         return result
 
@@ -692,7 +742,7 @@ def _stamp(builddir: str) -> dict:
         return {}
 
 
-def _check_install_args(method: str, rev: str, repo: str, url: str, sha256: str) -> list[str]:
+def _check_install_args(method: str, rev: str, repo: str, url: str, sha256: str, commit: str = "") -> list[str]:
     import re
 
     problems = []
@@ -703,6 +753,8 @@ def _check_install_args(method: str, rev: str, repo: str, url: str, sha256: str)
             problems.append(f"install.source.rev: {rev!r} is not a git tag or commit name")
         if not isinstance(repo, str) or not re.fullmatch(r"(https://|file://|/)\S+", repo):
             problems.append(f"install.source.repo: {repo!r} must be an https:// URL (or a local path)")
+        if not isinstance(commit, str) or not re.fullmatch(r"([0-9a-f]{40})?", commit):
+            problems.append(f"install.source.commit: {commit!r} must be empty or a commit id (40 lowercase hex digits)")
     if method == "binary":
         if not isinstance(url, str) or not re.fullmatch(r"(https://|file://)\S+", url):
             problems.append(f"install.binary.url: {url!r} must be an https:// URL")
@@ -711,62 +763,118 @@ def _check_install_args(method: str, rev: str, repo: str, url: str, sha256: str)
     return problems
 
 
+def _installed_files(name: str, tools: list | None) -> list:
+    """(path, mode, directory) of cjdroute and the tools beside it that exist."""
+    prefix = os.path.dirname(name)
+    paths = [name, *(os.path.join(prefix, tool) for tool in tools or [])]
+    return [(path, 0o755, False) for path in paths if os.path.lexists(path)]
+
+
+def _checkout_commit(builddir: str, env: dict) -> str:
+    proc = subprocess.run(["git", "rev-parse", "HEAD^{commit}"], cwd=builddir, env=env,
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"`git rev-parse HEAD` failed: {proc.stderr.strip()}")
+    return proc.stdout.strip()
+
+
 def installed(name: str, method: str = "source", rev: str = "", repo: str = "", builddir: str = "",
               tools: list | None = None, proxy: str = "", build_env: dict | None = None,
-              build_timeout: float = 3600, url: str = "", sha256: str = "") -> dict:
+              build_timeout: float = 3600, url: str = "", sha256: str = "", commit: str = "") -> dict:
     """cjdroute installed at ``name`` (e.g. /usr/bin/cjdroute), built from a pinned tag or
-    downloaded with a checksum.
+    downloaded with a checksum; it and ``tools`` are root's, mode 0755 (no setuid, not
+    writable by others), repaired on every apply.
 
     method: source
         git clone ``repo`` into ``builddir`` (through ``proxy``, Qubes' updates proxy in a
         template), check out ``rev``, run ``./do``, install ``cjdroute`` and ``tools``
-        beside ``name``. Rebuilds only when ``rev`` changes (or the binary was altered).
+        beside ``name``. Rebuilds only when ``rev`` (or ``commit``) changes or the binary
+        was altered. With ``commit``, the checkout of ``rev`` must be exactly that commit,
+        or nothing is built (a tag can be moved; a commit id cannot).
 
     method: binary
         Download ``url``, refuse it unless its sha256 is ``sha256``, install it.
     """
+    cj = _cj()
     ret = _ret(name)
-    problems = _check_install_args(method, rev, repo, url, sha256)
+    problems = _check_install_args(method, rev, repo, url, sha256, commit)
     if problems:
         return _fail(ret, "; ".join(problems))
+    try:
+        modes = _mode_changes(cj, _installed_files(name, tools))
+    except cj.CjdnsError as error:
+        return _fail(ret, str(error))
     current = _sha256(name)
-    prefix = os.path.dirname(name)
     if method == "binary":
         if current == sha256:
-            ret["comment"] = f"{name} is installed with sha256 {sha256}"
-            return ret
-        ret["changes"] = {"cjdroute": {"old": current, "new": sha256}}
+            return _modes_only(cj, ret, name, tools, f"cjdroute (sha256 {sha256}) at {name}")
+        ret["changes"] = {"cjdroute": {"old": current, "new": sha256}, **({"modes": modes} if modes else {})}
         if _test():
             ret.update(result=None, comment=f"would download {url} and install it as {name}")
             return ret
-        return _install_binary(ret, name, url, sha256, proxy)
+        result = _install_binary(ret, name, url, sha256, proxy)
+        return result if result["result"] is False else _also_modes(cj, result, name, tools, modes)
     stamp = _stamp(builddir)
-    if stamp.get("rev") == rev and current and stamp.get("sha256") == current:
-        ret["comment"] = f"cjdroute {rev} is installed at {name}"
-        return ret
+    pinned = not commit or stamp.get("commit") == commit
+    if stamp.get("rev") == rev and current and stamp.get("sha256") == current and pinned:
+        return _modes_only(cj, ret, name, tools, f"cjdroute {rev} at {name}")
     ret["changes"] = {"cjdroute": {"old": stamp.get("rev") if current else None, "new": rev}}
+    if commit:
+        ret["changes"]["commit"] = {"old": stamp.get("commit") if current else None, "new": commit}
+    if modes:
+        ret["changes"]["modes"] = modes
     if _test():
         ret.update(result=None, comment=f"would build cjdroute {rev} from {repo} in {builddir} and install it as {name}")
         return ret
-    env = _proxy_env(proxy, build_env or {})
+    result = _build(ret, name, rev, repo, builddir, tools, _proxy_env(proxy, build_env or {}), build_timeout, commit)
+    return result if result["result"] is False else _also_modes(cj, result, name, tools, modes)
+
+
+def _modes_only(cj: Any, ret: dict, name: str, tools: list | None, what: str) -> dict:
+    """cjdroute is the wanted build: only its and the tools' modes may need repair."""
+    ret = _repair_modes(cj, ret, _installed_files(name, tools), what)
+    if ret["changes"]:
+        ret["changes"] = {"modes": ret["changes"]}
+    return ret
+
+
+def _also_modes(cj: Any, ret: dict, name: str, tools: list | None, modes: dict) -> dict:
+    """After an install: repair the tools' modes too, and report the old modes that changed."""
+    follow = _repair_modes(cj, _ret(name), _installed_files(name, tools), name)
+    if follow["result"] is False:
+        return _fail(ret, follow["comment"])
+    drift = {**modes, **follow["changes"]}
+    if drift:
+        ret["changes"]["modes"] = drift
+    return ret
+
+
+def _build(ret: dict, name: str, rev: str, repo: str, builddir: str, tools: list | None, env: dict,
+           build_timeout: float, commit: str) -> dict:
+    prefix = os.path.dirname(name)
     try:
         if not os.path.isdir(os.path.join(builddir, ".git")):
             os.makedirs(os.path.dirname(builddir.rstrip("/")) or "/", exist_ok=True)
             _run(["git", "clone", "--no-checkout", repo, builddir], None, env, build_timeout)
         _run(["git", "fetch", "--force", "--tags", repo], builddir, env, build_timeout)
         _run(["git", "-c", "advice.detachedHead=false", "checkout", "--force", rev], builddir, env, 600)
+        head = _checkout_commit(builddir, env)
+        if commit and head != commit:
+            return _fail(ret, f"install.source.commit: {rev} in {repo} is commit {head}, not the pinned {commit}; "
+                              "nothing built or installed (was the tag moved?)")
         started = time.monotonic()
         _run(["./do"], builddir, env, build_timeout)
         for tool in ["cjdroute", *(tools or [])]:
             built = os.path.join(builddir, tool)
             if tool == "cjdroute" or os.path.exists(built):
                 _install_file(built, os.path.join(prefix, tool) if tool != "cjdroute" else name)
-        stamp = {"rev": rev, "sha256": _sha256(name), "repo": repo, "seconds": round(time.monotonic() - started)}
+        stamp = {"rev": rev, "commit": head, "sha256": _sha256(name), "repo": repo,
+                 "seconds": round(time.monotonic() - started)}
         with open(os.path.join(builddir, ".cjdns-formula-build.json"), "w", encoding="utf-8") as handle:
             json.dump(stamp, handle)
     except (RuntimeError, OSError) as error:
         return _fail(ret, f"building cjdroute {rev}: {error}")
-    ret["comment"] = f"built cjdroute {rev} from {repo} and installed it as {name}"
+    ret["comment"] = f"built cjdroute {rev} (commit {head}) from {repo} and installed it as {name}"
     return ret
 
 
@@ -1531,7 +1639,7 @@ def _value_problems(cfg: dict) -> list[str]:
     install = cfg["install"]
     problems += [f"cjdns.{p}" for p in _check_install_args(
         install["method"], install["source"]["rev"], install["source"]["repo"],
-        install["binary"]["url"], install["binary"]["sha256"])]
+        install["binary"]["url"], install["binary"]["sha256"], install["source"]["commit"])]
     problems += _path_problems(cfg)
     problems += _install_problems(install)
     node = cfg["node"]
@@ -1634,6 +1742,10 @@ def bound(name: str, rw_root: str = "/rw/bind-dirs") -> dict:
     """
     ret = _ret(name)
     rw = os.path.join(rw_root, name.lstrip("/"))
+    for path in (name, rw):
+        if os.path.islink(path):
+            return _fail(ret, f"{path}: is a symbolic link (to {os.readlink(path)}); refusing to bind-mount "
+                              "through it, make it a real directory owned by root")
     if _mounted(name):
         ret["comment"] = f"{name} is bind-mounted (persistent in {rw})"
         return ret
@@ -2054,4 +2166,48 @@ def restart_needed(name: str) -> dict:
     ret["changes"] = {"restart": reason}
     ret["result"] = None if _test() else True
     ret["comment"] = f"cjdroute restart {'predicted' if _test() else 'requested'}: {reason}"
+    return ret
+
+
+# --------------------------------------------------------------------------------------
+# The fail-closed firewall of sys-cjdns, as the running system has it
+# --------------------------------------------------------------------------------------
+
+
+def firewall_loaded(name: str, udp_port: int, tun_device: str = "tun0", blackhole_metric: int = 500) -> dict:
+    """The formula's nftables chains, the jumps to them from Qubes' chains and the blackhole
+    route for fc00::/8 are in the running system, as the script ``name`` loads them
+    (qubes-firewall runs it at every start). Every apply compares the live ruleset and
+    routes with what the script makes; whatever is missing or different is reported in
+    ``changes`` and the script is run, then the check is repeated: still missing is
+    ``result: False``, so cjdroute (which requires this state) is not started unguarded.
+    """
+    ret = _ret(name)
+    check = __salt__["cjdns.live_firewall_drift"]
+    try:
+        missing = check(int(udp_port), tun_device, int(blackhole_metric))
+    except Exception as error:  # CjdnsError or CommandExecutionError: nft or ip missing
+        return _fail(ret, f"could not read the live firewall: {error}")
+    if not missing:
+        ret["comment"] = f"the firewall rules of {name} and the blackhole route are in place"
+        return ret
+    ret["changes"] = {"missing": missing}
+    if _test():
+        ret.update(result=None, comment=f"would run {name} to load what is missing")
+        return ret
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+    try:
+        proc = subprocess.run([name], capture_output=True, text=True, timeout=60, env=env, check=False)
+        output = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-10:])
+    except (OSError, subprocess.TimeoutExpired) as error:
+        output = str(error)
+    try:
+        still = check(int(udp_port), tun_device, int(blackhole_metric))
+    except Exception as error:
+        return _fail(ret, f"could not read the live firewall: {error}")
+    if still:
+        ret.update(result=False, comment=f"ran {name}, but the live system still lacks: {'; '.join(still)}"
+                                         + (f"\n{output}" if output else ""))
+        return ret
+    ret["comment"] = f"ran {name}: loaded {'; '.join(missing)}"
     return ret

@@ -9,7 +9,7 @@
 {%- from tplroot ~ "/map.jinja" import cjdns, cjdns_public, target with context %}
 {%- from tplroot ~ "/libguard.jinja" import refuse %}
 {%- from tplroot ~ "/libinstall.jinja" import install_states %}
-{%- from tplroot ~ "/libnode.jinja" import identity_state, config_states, live_states %}
+{%- from tplroot ~ "/libnode.jinja" import identity_state, config_states, live_states, protected_state %}
 {%- if target != "node" %}
 {{ refuse(sls, "a plain minion without Qubes (in Qubes use cjdns.template and cjdns.proxy)", target) }}
 {%- else %}
@@ -32,6 +32,8 @@ cjdns-node-unit:
     - mode: '0644'
     - require:
       - cjdns: cjdns-pillar-valid
+
+{{ protected_state(cjdns, "cjdns-node") }}
 
 {{ identity_state(cjdns, "cjdns-node", false, packages="cjdns-node-packages") }}
 

@@ -1,5 +1,6 @@
 ## cjdns.proxy.firewall: rules Qubes' qubes-firewall service loads at every start: the UDP
-## peering port open, fc00::/8 only through the TUN device (blackhole otherwise).
+## peering port open, fc00::/8 only through the TUN device (blackhole otherwise). Each apply
+## checks the live ruleset and routes and reloads what is missing.
 ## Execute: qubesctl --skip-dom0 --targets=sys-cjdns state.apply cjdns.proxy.firewall
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- from tplroot ~ "/map.jinja" import cjdns, cjdns_public, target with context %}
@@ -24,11 +25,15 @@ cjdns-proxy-firewall-rules:
     - require:
       - cjdns: cjdns-pillar-valid
 
+# Every apply compares the running ruleset and routes with what the script loads, and runs it
+# when anything is missing or different (a failed load, a flushed chain, a deleted route).
 cjdns-proxy-firewall-loaded:
-  cmd.run:
+  cjdns.firewall_loaded:
     - name: {{ cjdns.paths.firewall | json }}
-    - onchanges:
-      - file: cjdns-proxy-firewall-rules
+    - udp_port: {{ cjdns.node.udp_port | json }}
+    - tun_device: {{ cjdns.node.tun_device | json }}
+    - blackhole_metric: {{ cjdns.node.blackhole_metric | json }}
     - require:
       - cjdns: cjdns-pillar-valid
+      - file: cjdns-proxy-firewall-rules
 {%- endif %}

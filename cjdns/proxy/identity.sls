@@ -1,5 +1,6 @@
 ## cjdns.proxy.identity: sys-cjdns's own key pair, in its config directory kept in /rw
-## (bind-mounted now if the running qube predates the template's bind-dirs entry). A config
+## (bind-mounted now if the running qube predates the template's bind-dirs entry; root's,
+## 0700, the config 0600, never a symbolic link, repaired on every apply). A config
 ## made by hand from the Qubes manual is adopted first (no copy of its key is kept unless
 ## pillar cjdns:keep_manual_backup asks for one). Made on the first apply; kept on every
 ## later one (the address is the node's name); replaced only when it is the template's key
@@ -8,7 +9,7 @@
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- from tplroot ~ "/map.jinja" import cjdns, target with context %}
 {%- from tplroot ~ "/libguard.jinja" import refuse %}
-{%- from tplroot ~ "/libnode.jinja" import identity_state %}
+{%- from tplroot ~ "/libnode.jinja" import identity_state, protected_state %}
 {%- if target != "app" %}
 {{ refuse(sls, "the Qubes AppVM " ~ cjdns.qubes.proxy, target) }}
 {%- else %}
@@ -22,6 +23,8 @@ cjdns-proxy-confdir-bound:
     - require:
       - cjdns: cjdns-pillar-valid
 
+{{ protected_state(cjdns, "cjdns-proxy", "cjdns-proxy-confdir-bound") }}
+
 cjdns-proxy-manual-config-adopted:
   cjdns.adopted:
     - name: {{ cjdns.paths.config | json }}
@@ -31,7 +34,7 @@ cjdns-proxy-manual-config-adopted:
     - backup: {{ (cjdns.paths.config ~ ".manual-backup") | json }}
     - keep_backup: {{ cjdns.keep_manual_backup | json }}
     - require:
-      - cjdns: cjdns-proxy-confdir-bound
+      - cjdns: cjdns-proxy-confdir-protected
 
 cjdns-proxy-manual-bind-retired:
   cjdns.bind_entry_absent:

@@ -1,6 +1,7 @@
 ## cjdns.proxy.service: cjdroute running in sys-cjdns. Peer and password changes reach the
 ## running node through its admin API (cjdns.live); it restarts only for what the API cannot
 ## change (key, admin API, UDP binds, TUN device, other settings), and the state says why.
+## Started only once the firewall rules and blackhole route are live (cjdns.proxy.firewall).
 ## Execute: qubesctl --skip-dom0 --targets=sys-cjdns state.apply cjdns.proxy.service
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- from tplroot ~ "/map.jinja" import cjdns, cjdns_public, target with context %}
@@ -12,6 +13,7 @@
 include:
   - {{ tplroot }}.pillar
   - .config
+  - .firewall
 
 # The template installs this unit; a sys-cjdns that was running while the template changed
 # still has the old root, so the same unit is put in place here too (volatile, identical).
@@ -39,4 +41,6 @@ cjdns-proxy-running:
       - cjdns: cjdns-proxy-restart-needed
     - require:
       - cjdns: cjdns-pillar-valid
+      # Fail closed: no cjdroute unless its firewall and blackhole route are live.
+      - cjdns: cjdns-proxy-firewall-loaded
 {%- endif %}
