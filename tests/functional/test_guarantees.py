@@ -282,3 +282,14 @@ def test_the_node_states_require_the_guarantees(tmp_path):
             assert "cjdns-proxy-firewall-rules" in requires("cjdns-proxy-firewall-loaded")
         else:
             assert not [s for s in states if "firewall" in s]  # plain nodes: the host's firewall is the user's
+
+
+def test_pillar_with_a_short_commit_is_refused_before_anything_runs(tmp_path):
+    import yaml
+
+    from support.saltenv import REPO
+    defaults = yaml.safe_load((REPO / "cjdns/defaults.yaml").read_text())["cjdns"]
+    mods = SaltEnv(tmp_path / "salt", pillar={"cjdns": {"install": {"source": {"commit": "1a2b3c4"}}}}).loader()[0]
+    ret = single(mods, "cjdns.pillar_valid", name="cjdns", defaults=defaults)
+    assert ret["result"] is False
+    assert "cjdns.install.source.commit: '1a2b3c4' must be empty or a commit id (40 lowercase hex digits)" in ret["comment"]

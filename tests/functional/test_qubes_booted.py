@@ -216,6 +216,44 @@ def test_6_sys_cjdns_takes_a_new_peer_and_password_live(lab):
     assert changed(ok(lab.apply("proxy", "cjdns.proxy")).data) == {}
 
 
+def test_7_drift_is_predicted_and_repaired_and_cjdroute_waits_for_the_firewall(lab):
+    host = lab.proxy.testinfra_host()
+    # The issue's drift: the key world-readable, the mesh drop flushed, the blackhole route deleted.
+    lab.proxy.sh(f"chmod 644 {CONF} && chmod 755 /etc/cjdns && nft flush chain ip6 qubes cjdns-forward"
+                 " && ip -6 route del blackhole fc00::/8 metric 500")
+    drifted = lab.proxy.sh("nft -s list ruleset; ip -6 route show; stat -c %a /etc/cjdns /etc/cjdns/*").stdout
+    dry = ok(lab.apply("proxy", "cjdns.proxy", "test=True"))
+    assert lab.proxy.sh("nft -s list ruleset; ip -6 route show; stat -c %a /etc/cjdns /etc/cjdns/*").stdout == drifted
+    assert changed(dry.data) == {
+        "cjdns-proxy-confdir-protected": {"/etc/cjdns": {"mode": {"old": "0755", "new": "0700"}},
+                                          CONF: {"mode": {"old": "0644", "new": "0600"}}},
+        "cjdns-proxy-firewall-loaded": {"missing": ["chain ip6 qubes cjdns-forward: its rules differ from the formula's",
+                                                    "route blackhole fc00::/8 metric 500: missing"]}}
+    real = ok(lab.apply("proxy", "cjdns.proxy"))
+    assert changed(real.data) == changed(dry.data)
+    assert host.file(CONF).mode == 0o600 and host.file("/etc/cjdns").mode == 0o700
+    assert 'oifname != "tun0"' in host.run("nft list chain ip6 qubes cjdns-forward").stdout
+    assert "blackhole fc00::/8" in host.run("ip -6 route show").stdout
+    assert changed(ok(lab.apply("proxy", "cjdns.proxy")).data) == {}
+    # Fail closed: without Qubes' tables the rules cannot load, and a stopped cjdroute stays
+    # stopped (the service requires the firewall state; a failed load fails on every apply:
+    # tests/functional/test_firewall_sls.py).
+    lab.proxy.sh("systemctl stop cjdns && nft delete table ip6 qubes")
+    failed = lab.apply("proxy", "cjdns.proxy")
+    results = {r["__id__"]: r for r in state_results(failed.data)}
+    assert results["cjdns-proxy-firewall-loaded"]["result"] is False
+    assert "table ip6 qubes: missing" in results["cjdns-proxy-firewall-loaded"]["comment"]
+    assert results["cjdns-proxy-running"]["result"] is False
+    assert "requisite" in results["cjdns-proxy-running"]["comment"]
+    assert host.run("systemctl is-active cjdns").stdout.strip() != "active"
+    # Qubes' tables back as at boot (what qubes-iptables loads): the next apply loads the
+    # rules, then starts cjdroute.
+    lab.proxy.sh("nft flush ruleset && nft -f /usr/lib/qubes/qubes-nft.conf")
+    back = ok(lab.apply("proxy", "cjdns.proxy"))
+    assert {"cjdns-proxy-firewall-loaded", "cjdns-proxy-running"} <= set(changed(back.data))
+    assert host.service("cjdns").is_running
+
+
 # The sweep. Searched in each qube (as the running qube sees them, tmpfs included).
 QUBE_DIRS = ("/var", "/tmp", "/root", "/rw")
 # Where secrets are by design: the node's config in sys-cjdns's /rw. Not searched either: Debian's
