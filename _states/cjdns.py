@@ -284,10 +284,8 @@ def protected(name: str) -> dict:
     """
     cj = _cj()
     directory = os.path.dirname(os.path.abspath(name))
+    # The directory first: a link there is refused before the config is looked at through it.
     wanted = [(directory, 0o700, True), (name, 0o600, False)]
-    if os.path.islink(directory):
-        # Checked first: the config's own check would look through the link.
-        wanted = wanted[:1]
     return _repair_modes(cj, _ret(name), wanted, f"{name} and its directory")
 
 
@@ -770,11 +768,12 @@ def _installed_files(name: str, tools: list | None) -> list:
     return [(path, 0o755, False) for path in paths if os.path.lexists(path)]
 
 
-def _checkout_commit(builddir: str, env: dict) -> str:
-    proc = subprocess.run(["git", "rev-parse", "HEAD^{commit}"], cwd=builddir, env=env,
-                          capture_output=True, text=True, check=False)
+def _commit_of(builddir: str, rev: str, env: dict) -> str:
+    """The commit ``rev`` names in the clone at ``builddir`` (a tag is peeled to its commit)."""
+    proc = subprocess.run(["git", "rev-parse", "--verify", "--end-of-options", f"{rev}^{{commit}}"], cwd=builddir,
+                          env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        raise RuntimeError(f"`git rev-parse HEAD` failed: {proc.stderr.strip()}")
+        raise RuntimeError(f"{rev!r} is not a tag or commit in the fetched repository: {proc.stderr.strip()}")
     return proc.stdout.strip()
 
 
@@ -857,11 +856,12 @@ def _build(ret: dict, name: str, rev: str, repo: str, builddir: str, tools: list
             os.makedirs(os.path.dirname(builddir.rstrip("/")) or "/", exist_ok=True)
             _run(["git", "clone", "--no-checkout", repo, builddir], None, env, build_timeout)
         _run(["git", "fetch", "--force", "--tags", repo], builddir, env, build_timeout)
-        _run(["git", "-c", "advice.detachedHead=false", "checkout", "--force", rev], builddir, env, 600)
-        head = _checkout_commit(builddir, env)
+        # Checked before the checkout: a moved tag leaves the build tree and cjdroute as they were.
+        head = _commit_of(builddir, rev, env)
         if commit and head != commit:
             return _fail(ret, f"install.source.commit: {rev} in {repo} is commit {head}, not the pinned {commit}; "
                               "nothing built or installed (was the tag moved?)")
+        _run(["git", "-c", "advice.detachedHead=false", "checkout", "--force", head], builddir, env, 600)
         started = time.monotonic()
         _run(["./do"], builddir, env, build_timeout)
         for tool in ["cjdroute", *(tools or [])]:

@@ -212,18 +212,21 @@ def test_a_pinned_commit_is_built_and_checked(salt, source):
 def test_a_moved_tag_is_refused_before_anything_is_built(salt, source):
     repo, commit, target, args = source
     assert single(salt, "cjdns.installed", commit=commit, **args)["result"] is True
-    installed = tree(target.parent)
-    # Upstream moves the tag to another commit.
+    build = target.parent.parent / "build"
+    # Upstream moves the tag to another commit; without the stamp the state must build again.
     subprocess.run(["git", "-C", repo, "tag", "-f", "cjdns-v22.3", "cjdns-v22.4"], check=True, capture_output=True)
     moved = subprocess.run(["git", "-C", repo, "rev-parse", "cjdns-v22.3^{commit}"], capture_output=True,
                            text=True, check=True).stdout.strip()
-    stale = dict(args, builddir=str(target.parent.parent / "fresh-build"))
-    ret = single(salt, "cjdns.installed", commit=commit, **stale)
+    (build / ".cjdns-formula-build.json").unlink()
+    installed, built = tree(target.parent), {k: v for k, v in tree(build).items() if "/.git" not in k}
+    ret = single(salt, "cjdns.installed", commit=commit, **args)
     assert ret["result"] is False and ret["changes"] == {}
     assert (f"install.source.commit: cjdns-v22.3 in file://{repo} is commit {moved}, not the pinned {commit}; "
             "nothing built or installed") in ret["comment"]
+    # cjdroute and the checked-out tree are as they were (only git's refs were fetched).
     assert tree(target.parent) == installed
-    assert not (target.parent.parent / "fresh-build" / "cjdroute").exists()
+    assert {k: v for k, v in tree(build).items() if "/.git" not in k} == built
+    assert "cjdns-v22.3" in (build / ".built-from").read_text()
 
 
 @pytest.mark.parametrize("commit", ["abc123", "A" * 40, "g" * 40, "0" * 41])
