@@ -41,7 +41,8 @@ include:
   - cjdns.pillar
 {%- set tplroot = "cjdns" %}
 {%- from "cjdns/map.jinja" import cjdns with context %}
-{%- from "cjdns/libnode.jinja" import identity_state, config_states, live_states %}
+{%- from "cjdns/libnode.jinja" import identity_state, config_states, live_states, protected_state %}
+{{ protected_state(cjdns, "cjdns-node") }}
 {{ identity_state(cjdns, "cjdns-node", false) }}
 {{ config_states(cjdns, "cjdns-node") }}
 {{ live_states(cjdns, "cjdns-node") }}

@@ -25,9 +25,10 @@ GENCONF = (VECTORS / "genconf/genconf-1.conf").read_text()
 # The node's identity, settings and peers states, after the pillar check, as cjdns.node has them.
 NODE_SLS = """{%- set tplroot = "cjdns" %}
 {%- from "cjdns/map.jinja" import cjdns with context %}
-{%- from "cjdns/libnode.jinja" import identity_state, config_states %}
+{%- from "cjdns/libnode.jinja" import identity_state, config_states, protected_state %}
 include:
   - cjdns.pillar
+{{ protected_state(cjdns, "t") }}
 {{ identity_state(cjdns, "t", false) }}
 {{ config_states(cjdns, "t") }}
 """
