@@ -24,9 +24,13 @@ def vectors() -> pathlib.Path:
     return VECTORS
 
 
-# Booted modules by how long they take (longest first), so that the two units xdist hands a
-# worker at the start are not two long ones.
-HEAVIEST_FIRST = ["test_adopt_manual", "test_qubes_booted", "test_qubes_sls", "test_readme_qubes", "test_node_sls"]
+# The order modules start in (pytest.ini keeps it with --no-loadscope-reorder; xdist's default
+# sorts by test count, which put these minutes-long, few-test modules last). xdist hands each
+# worker two modules at the start, and another whenever it has two tests or fewer left, so: the
+# three longest first, one per worker; the next two after a quarter of the short modules, so
+# that no worker starts with two long ones and none is left last.
+LONGEST_FIRST = ["test_adopt_manual", "test_qubes_booted", "test_qubes_sls"]
+LONG_LATER = ["test_readme_qubes", "test_node_sls"]
 
 
 def _boots_qubes(item) -> bool:
@@ -45,8 +49,11 @@ def pytest_collection_modifyitems(items):
         if id(item) in booted:
             item.add_marker(pytest.mark.booted)
 
-    def rank(item) -> tuple[int, int]:
-        name = item.path.stem
-        return (id(item) not in booted, HEAVIEST_FIRST.index(name) if name in HEAVIEST_FIRST else len(HEAVIEST_FIRST))
-
-    items.sort(key=rank)  # stable: the order within each module stays
+    modules = list(dict.fromkeys(item.path for item in items))
+    first = [m for name in LONGEST_FIRST for m in modules if m.stem == name]
+    later = [m for name in LONG_LATER for m in modules if m.stem == name]
+    rest = [m for m in modules if m not in first and m not in later]
+    rest.sort(key=lambda m: not any(id(i) in booted for i in items if i.path == m))  # other booted ones first
+    quarter = len(rest) // 4
+    order = {m: n for n, m in enumerate(first + rest[:quarter] + later + rest[quarter:])}
+    items.sort(key=lambda item: order[item.path])  # stable: the order within each module stays

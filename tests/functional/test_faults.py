@@ -45,7 +45,7 @@ def test_a_writer_killed_at_random_points_never_leaves_a_broken_config(tmp_path)
     conf.parent.mkdir()
     conf.write_text(texts[0])
     rng = random.Random(20261125)
-    for _ in range(200):
+    for _ in range(100):
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(REPO / "_modules/cjdns.py"), str(conf), *sources],
                                 stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "ready"
