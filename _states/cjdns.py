@@ -298,13 +298,18 @@ def _record_path(name: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(name)), RECORD)
 
 
-def _read_record(name: str) -> dict:
+def _read_json_record(path: str) -> dict:
+    """A record the formula keeps beside the config; {} when missing or not a JSON object."""
     try:
-        with open(_record_path(name), encoding="utf-8") as handle:
+        with open(path, encoding="utf-8") as handle:
             record = json.load(handle)
         return record if isinstance(record, dict) else {}
     except (FileNotFoundError, ValueError):
         return {}
+
+
+def _read_record(name: str) -> dict:
+    return _read_json_record(_record_path(name))
 
 
 def _write_record(name: str, record: dict) -> None:
@@ -1981,12 +1986,7 @@ def _live_record_path(name: str) -> str:
 
 
 def _read_live_record(name: str) -> dict:
-    try:
-        with open(_live_record_path(name), encoding="utf-8") as handle:
-            record = json.load(handle)
-        return record if isinstance(record, dict) else {}
-    except (FileNotFoundError, ValueError):
-        return {}
+    return _read_json_record(_live_record_path(name))
 
 
 def _write_live_record(name: str, record: dict, old: dict) -> None:
