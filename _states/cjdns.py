@@ -1658,6 +1658,10 @@ def _value_problems(cfg: dict) -> list[str]:
     if not re.fullmatch(_UNIT_NAME, node["service"]):
         problems.append(f"cjdns.node.service: {node['service']!r} is not a systemd unit name "
                         "(letters, digits, '_', '.', '-', '@'; without '.service')")
+    if not 1 <= node["start_attempts"] <= 10:
+        problems.append(f"cjdns.node.start_attempts: {node['start_attempts']} must be 1-10")
+    if not 0 <= node["start_interval"] <= 300:
+        problems.append(f"cjdns.node.start_interval: {node['start_interval']} must be 0-300 (seconds)")
     if node["min_established_peers"] is not None and node["min_established_peers"] < 0:
         problems.append(f"cjdns.node.min_established_peers: {node['min_established_peers']} must be 0 or more (or null)")
     try:

@@ -45,6 +45,10 @@ cjdns-node-running:
   service.running:
     - name: {{ cjdns.node.service | json }}
     - enable: true
+    # A start job systemd fails for a passing reason is tried again (Salt's retry).
+    - retry:
+        attempts: {{ cjdns.node.start_attempts | json }}
+        interval: {{ cjdns.node.start_interval | json }}
     - require:
       - cjdns: cjdns-pillar-valid
       - cjdns: cjdns-node-cjdroute-installed

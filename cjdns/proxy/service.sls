@@ -36,6 +36,10 @@ cjdns-proxy-unit:
 cjdns-proxy-running:
   service.running:
     - name: {{ cjdns.node.service | json }}
+    # A start job systemd fails for a passing reason is tried again (Salt's retry).
+    - retry:
+        attempts: {{ cjdns.node.start_attempts | json }}
+        interval: {{ cjdns.node.start_interval | json }}
     - watch:
       - file: cjdns-proxy-unit
       - cjdns: cjdns-proxy-restart-needed

@@ -77,6 +77,8 @@ PILLAR_CASES = [
     ({"node": {"service": "cjdns.service"}}, "cjdns.node.service: 'cjdns.service' is not a systemd unit name"),
     ({"node": {"service": "cj dns"}}, "cjdns.node.service: 'cj dns' is not a systemd unit name"),
     ({"node": {"min_established_peers": -1}}, "cjdns.node.min_established_peers: -1 must be 0 or more"),
+    ({"node": {"start_attempts": 0}}, "cjdns.node.start_attempts: 0 must be 1-10"),
+    ({"node": {"start_interval": 301}}, "cjdns.node.start_interval: 301 must be 0-300 (seconds)"),
     ({"node": {"dns_seeds": ["seed..example"]}}, "cjdns.node.dns_seeds: must be a list of host names"),
     ({"paths": {"confdir": "/etc"}}, "cjdns.paths.confdir: '/etc' is a system directory"),
     ({"paths": {"config": "/etc/cjdns/../cjdroute.conf"}}, "cjdns.paths.config: '/etc/cjdns/../cjdroute.conf' is not normalised (write it as '/etc/cjdroute.conf')"),

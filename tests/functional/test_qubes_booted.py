@@ -253,7 +253,10 @@ def test_7_drift_is_predicted_and_repaired_and_cjdroute_waits_for_the_firewall(l
     # Qubes' tables back as at boot (what qubes-iptables loads): the next apply loads the
     # rules, then starts cjdroute.
     lab.proxy.sh("nft flush ruleset && nft -f /usr/lib/qubes/qubes-nft.conf")
-    back = ok(lab.apply("proxy", "cjdns.proxy"))
+    back = lab.apply("proxy", "cjdns.proxy")
+    # If systemd fails the start job, its own account of why is in the failure message.
+    journal = lab.proxy.run(["journalctl", "-u", "cjdns", "-n", "30", "--no-pager"]).stdout
+    assert back.rc == 0, back.stdout[-3000:] + journal
     assert {"cjdns-proxy-firewall-loaded", "cjdns-proxy-running"} <= set(changed(back.data))
     assert host.service("cjdns").is_running
 
