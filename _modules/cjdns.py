@@ -1761,13 +1761,17 @@ def identity(path: str | None = None) -> dict:
         salt-call cjdns.identity
     """
     path = _config_path(path)
-    data = _load(path).data()
+    ident = _checked_identity(path, _load(path).data())
+    return {"path": path, "public_key": ident.public_key, "ipv6": ident.ipv6}
+
+
+def _checked_identity(path: str, data: dict) -> Identity:
+    """The identity of a loaded config whose key fields agree with its private key."""
     errors = [e for e in config_problems(data)[0] if e.split(":")[0] in ("privateKey", "publicKey", "ipv6")]
     if errors:
         raise _command_error(f"{path}: " + "; ".join(errors))
     _require_x25519()
-    ident = identity_of(data["privateKey"])
-    return {"path": path, "public_key": ident.public_key, "ipv6": ident.ipv6}
+    return identity_of(data["privateKey"])
 
 
 def peers(path: str | None = None) -> dict:
@@ -3010,3 +3014,98 @@ def apply_live(client: "AdminClient", data: dict, plan: LivePlan, wait: float = 
     if missing:
         raise LiveApplyError(f"peers not in peerStats after beginConnection: {', '.join(missing)}", done)
     return states
+
+
+# --------------------------------------------------------------------------------------
+# Fleet mode: the node's card (public facts only), published through the Salt mine
+# --------------------------------------------------------------------------------------
+
+CARD_VERSION = 1
+
+
+def reachable_address(text: str) -> bool:
+    """An address a peer elsewhere could send to: not loopback, link-local, multicast,
+    unspecified, or cjdns's own fc00::/8 (private IPv4 ranges are fine: LANs peer too)."""
+    ip = ipaddress.ip_address(text.split("%", 1)[0])
+    return not (ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified
+                or ip.is_reserved or (ip.version == 6 and ip in _MESH))
+
+
+def _interface_addresses() -> list[str]:
+    """Every address of this network namespace (`ip -j address show`)."""
+    listing = _run_json(["ip", "-j", "address", "show"]) or []
+    return [a["local"] for link in listing for a in link.get("addr_info", []) if a.get("local")]
+
+
+def bind_ports(data: dict) -> dict:
+    """{4: port, 6: port} of the config's UDP interfaces (the first bind of each family)."""
+    ports: dict = {}
+    for block in _udp_interfaces(data)[1]:
+        bind = block.get("bind") if isinstance(block, dict) else None
+        family = _bind_family(bind)
+        if family and family not in ports:
+            ports[family] = int(str(bind).rsplit(":", 1)[1])
+    return ports
+
+
+def card_endpoints(addresses: list[str], ports: dict) -> list[str]:
+    """One endpoint per reachable address, on the UDP port of its family (none without one)."""
+    endpoints = []
+    for text in addresses:
+        if not reachable_address(text):
+            continue
+        ip = ipaddress.ip_address(text.split("%", 1)[0])
+        port = ports.get(ip.version)
+        if port:
+            endpoints.append(f"{ip}:{port}" if ip.version == 4 else f"[{ip.compressed}]:{port}")
+    return sorted(set(endpoints), key=lambda e: (e.startswith("["), e))
+
+
+def make_card(node_id: str, ident: Identity, ports: dict, endpoints: list[str], epoch: int) -> dict:
+    """What a node publishes: nothing from it that is secret."""
+    return {"version": CARD_VERSION, "id": node_id, "publicKey": ident.public_key, "ipv6": ident.ipv6,
+            "endpoints": endpoints, "udp_port": ports.get(4) or ports.get(6), "epoch": epoch}
+
+
+def _pillar_value(key: str, default: Any) -> Any:
+    """Pillar ``key`` as given (not ``pillar.get``, which masks strings on Salt 3008)."""
+    try:
+        value: Any = __pillar__  # type: ignore[name-defined]
+    except NameError:
+        return default
+    for part in key.split(":"):
+        if not isinstance(value, dict) or part not in value:
+            return default
+        value = value[part]
+    return value
+
+
+def card(path: str | None = None) -> dict:
+    """This node's card for fleet mode: public key, cjdns address, the endpoints peers reach
+    it at (pillar ``cjdns:fleet:endpoints``, else every reachable address of the node on the
+    config's UDP ports), the UDP port and the fleet epoch it was made for. Public facts only;
+    the mine function ``cjdns.card``.
+
+    CLI Example::
+
+        salt-call cjdns.card
+    """
+    path = _config_path(path)
+    return card_from(path, _load(path).data())
+
+
+def card_from(path: str, data: dict) -> dict:
+    """The card of the config ``data`` read from ``path`` (see ``card``)."""
+    ident = _checked_identity(path, data)
+    ports = bind_ports(data)
+    given = _pillar_value("cjdns:fleet:endpoints", []) or []
+    endpoints = sorted({peer_endpoint(e) for e in given}) if given else card_endpoints(_interface_addresses(), ports)
+    return make_card(_minion_id(), ident, ports, endpoints,
+                     int(_pillar_value("cjdns:fleet:epoch", 0) or 0))
+
+
+def _minion_id() -> str:
+    try:
+        return str(__opts__["id"])  # type: ignore[name-defined]
+    except NameError:
+        return socket.gethostname()

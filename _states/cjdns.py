@@ -1673,6 +1673,34 @@ def _value_problems(cfg: dict) -> list[str]:
             cj.parse_public_key(key)
         except cj.KeyFormatError as error:
             problems.append(f"cjdns.node.compromised_keys: {key!r}: {error}")
+    return problems + _fleet_problems(cj, cfg["fleet"])
+
+
+# Salt minion ids as fleet members may use them (they become logins and state arguments).
+_MEMBER_ID = r"[A-Za-z0-9._-]{1,64}"
+_SLS_NAME = r"[A-Za-z0-9_]+(\.[A-Za-z0-9_-]+)*"
+
+
+def _fleet_problems(cj: Any, fleet: dict) -> list[str]:
+    """The fleet keys the ext_pillar sets, and the orchestration's settings."""
+    problems = []
+    ids = [("member", fleet["member"])] if fleet["member"] else []
+    for key in ("neighbours", "pending", "unreachable", "members"):
+        ids += [(f"{key}[{index}]", value) for index, value in enumerate(fleet[key])]
+    for where, value in ids:
+        if not (isinstance(value, str) and re.fullmatch(_MEMBER_ID, value)):
+            problems.append(f"cjdns.fleet.{where}: {value!r:.80} is not a minion id (letters, digits, '.', '_', '-'; 1-64)")
+    for index, endpoint in enumerate(fleet["endpoints"]):
+        try:
+            cj.peer_endpoint(endpoint)
+        except cj.CjdnsError as error:
+            problems.append(f"cjdns.fleet.endpoints[{index}]: {error}")
+    if fleet["epoch"] < 0:
+        problems.append(f"cjdns.fleet.epoch: {fleet['epoch']} must be 0 or more")
+    if not re.fullmatch(_SLS_NAME, fleet["sls"]):
+        problems.append(f"cjdns.fleet.sls: {fleet['sls']!r:.80} is not an SLS name (e.g. cjdns.node)")
+    if not 1 <= fleet["card_timeout"] <= 3600:
+        problems.append(f"cjdns.fleet.card_timeout: {fleet['card_timeout']} must be 1-3600 (seconds)")
     return problems
 
 
@@ -2215,3 +2243,66 @@ def firewall_loaded(name: str, udp_port: int, tun_device: str = "tun0", blackhol
         return ret
     ret["comment"] = f"ran {name}: loaded {'; '.join(missing)}"
     return ret
+
+
+# --------------------------------------------------------------------------------------
+# Fleet mode: the node's card in the master's mine, and the event that brings neighbours along
+# --------------------------------------------------------------------------------------
+
+CARD_RECORD = ".cjdns-formula-card.json"
+CARD_FUNCTION = "cjdns.card"
+CARD_EVENT = "cjdns/fleet/card"
+
+
+def _card_record_path(name: str) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(name)), CARD_RECORD)
+
+
+def _card_summary(card: dict) -> dict | None:
+    return {k: card[k] for k in ("publicKey", "endpoints", "epoch") if k in card} or None
+
+
+def _send_card(name: str, members: list) -> str | None:
+    """mine.send then the event; the reason when either fails. The master stores mine data
+    after mine.send returns and says nothing when it has: the reactor waits for it."""
+    sent = __salt__["mine.send"](CARD_FUNCTION, mine_function=CARD_FUNCTION, path=name,
+                                 allow_tgt=list(members), allow_tgt_type="list")
+    if sent is not True:
+        return f"mine.send {CARD_FUNCTION} failed (the minion log says why)"
+    if not __salt__["event.send"](CARD_EVENT, {"epoch": _pillar("cjdns:fleet:epoch", 0)}):
+        return f"the event {CARD_EVENT} could not be sent"
+    return None
+
+
+def card_published(name: str) -> dict:
+    """Fleet mode: publish this node's card (``cjdns.card``: public key, address, endpoints,
+    epoch) to the master's mine and announce it with the event ``cjdns/fleet/card``, whenever it
+    differs from the card this state sent last (a new key, endpoints, epoch). Only fleet
+    members (pillar ``cjdns:fleet:member``, set by the fleet ext_pillar) publish; the mine
+    entry may be read only by the fleet's members (``allow_tgt``).
+    """
+    ret = _ret(name)
+    if not _pillar("cjdns:fleet:member", ""):
+        ret["comment"] = "not a fleet member (no pillar cjdns:fleet:member): no card to publish"
+        return ret
+
+    def body(ret: dict) -> dict:
+        cj = _cj()
+        card = cj.card_from(name, cj.loads(_existing(name)))
+        record = _card_record_path(name)
+        before = _read_json_record(record)
+        if before == card:
+            ret["comment"] = f"card of {card['publicKey']} published earlier, unchanged"
+            return ret
+        ret["changes"] = {"card": {"old": _card_summary(before), "new": _card_summary(card)}}
+        if _test():
+            ret.update(result=None, comment=f"card would be sent to the mine and announced ({CARD_EVENT})")
+            return ret
+        problem = _send_card(name, _pillar("cjdns:fleet:members", []) or [card["id"]])
+        if problem:
+            return _fail(ret, problem)
+        cj.atomic_write(record, (json.dumps(card, indent=2, sort_keys=True) + "\n").encode(), 0o600)
+        ret["comment"] = f"card sent to the mine and announced ({CARD_EVENT})"
+        return ret
+
+    return _guarded(name, body)

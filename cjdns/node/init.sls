@@ -2,8 +2,10 @@
 ## needs (cjdns.node.packages), cjdroute installed, the hardened unit, its own identity,
 ## managed settings and peers, and the service running (peer and password changes applied
 ## live through the admin API; a restart only for what the API cannot change).
+## In fleet mode (pillar from the fleet ext_pillar on the master) it also publishes the node's
+## card to the master's mine when the card changes (README "Fleet").
 ## The host firewall is left to you: open UDP cjdns:node:udp_port for incoming peers.
-## Pillar: cjdns:packages, cjdns:install, cjdns:node, cjdns:paths.
+## Pillar: cjdns:packages, cjdns:install, cjdns:node, cjdns:paths, cjdns:fleet.
 ## Execute: salt '<minion>' state.apply cjdns.node
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- from tplroot ~ "/map.jinja" import cjdns, cjdns_public, target with context %}
@@ -55,4 +57,14 @@ cjdns-node-running:
     - watch:
       - file: cjdns-node-unit
       - cjdns: cjdns-node-restart-needed
+
+# Fleet mode only (a no-op without pillar cjdns:fleet:member): once the node runs, its card
+# (public key, address, endpoints) goes to the master's mine and the event cjdns/fleet/card
+# tells the master's reactor to bring the neighbours along.
+cjdns-node-card:
+  cjdns.card_published:
+    - name: {{ cjdns.paths.config | json }}
+    - require:
+      - cjdns: cjdns-pillar-valid
+      - service: cjdns-node-running
 {%- endif %}
