@@ -3070,14 +3070,12 @@ def make_card(node_id: str, ident: Identity, ports: dict, endpoints: list[str], 
 def _pillar_value(key: str, default: Any) -> Any:
     """Pillar ``key`` as given (not ``pillar.get``, which masks strings on Salt 3008)."""
     try:
-        value: Any = __pillar__  # type: ignore[name-defined]
+        pillar: Any = __pillar__  # type: ignore[name-defined]
     except NameError:
         return default
-    for part in key.split(":"):
-        if not isinstance(value, dict) or part not in value:
-            return default
-        value = value[part]
-    return value
+    import salt.utils.data
+
+    return salt.utils.data.traverse_dict_and_list(pillar, key, default)
 
 
 def card(path: str | None = None) -> dict:

@@ -2269,9 +2269,16 @@ def _send_card(name: str, members: list) -> str | None:
                                  allow_tgt=list(members), allow_tgt_type="list")
     if sent is not True:
         return f"mine.send {CARD_FUNCTION} failed (the minion log says why)"
+    if _masterless():
+        return None
     if not __salt__["event.send"](CARD_EVENT, {"epoch": _pillar("cjdns:fleet:epoch", 0)}):
         return f"the event {CARD_EVENT} could not be sent"
     return None
+
+
+def _masterless() -> bool:
+    """salt-call --local (or salt-ssh): the mine is this minion's own, and no master hears events."""
+    return __opts__.get("file_client") == "local" or bool(__opts__.get("local"))
 
 
 def card_published(name: str) -> dict:
@@ -2302,7 +2309,8 @@ def card_published(name: str) -> dict:
         if problem:
             return _fail(ret, problem)
         cj.atomic_write(record, (json.dumps(card, indent=2, sort_keys=True) + "\n").encode(), 0o600)
-        ret["comment"] = f"card sent to the mine and announced ({CARD_EVENT})"
+        ret["comment"] = ("masterless: card kept in this minion's own mine, no event" if _masterless()
+                          else f"card sent to the mine and announced ({CARD_EVENT})")
         return ret
 
     return _guarded(name, body)

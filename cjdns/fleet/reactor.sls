@@ -3,7 +3,7 @@
 ## is the event's `id`, which the master sets from the minion's authenticated connection; the
 ## event's body is never used to pick a target.
 ## Master config: reactor: [{"cjdns/fleet/card": ["salt://cjdns/fleet/reactor.sls"]}]
-{%- if tag == "cjdns/fleet/card" and data.get("id") is string %}
+{%- if tag is defined and tag == "cjdns/fleet/card" and data.get("id") is string %}
 cjdns-fleet-card-sent:
   runner.state.orchestrate:
     - args:
