@@ -250,6 +250,7 @@ class UdpPeering:
         self._selector: Optional[selectors.BaseSelector] = None
         self._thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
+        self._wake: Optional[tuple[socket.socket, socket.socket]] = None  # stop() ends the select at once
 
     @classmethod
     def from_conf(cls, conf: dict[str, Any], public_key: str, **kwargs: Any) -> "UdpPeering":
@@ -267,6 +268,8 @@ class UdpPeering:
     def start(self) -> "UdpPeering":
         selector = selectors.DefaultSelector()
         self._selector = selector
+        self._wake = socket.socketpair()
+        selector.register(self._wake[0], selectors.EVENT_READ, None)
         for if_num, bind in enumerate(self.binds):
             try:
                 sock = self._bind(bind)
@@ -282,13 +285,15 @@ class UdpPeering:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._wake is not None:
+            self._wake[1].send(b"stop")
         if self._thread is not None:
             self._thread.join(timeout=2)
-        for sock in self._sockets:
+        for sock in self._sockets + list(self._wake or ()):
             sock.close()
         if self._selector is not None:
             self._selector.close()
-        self._sockets, self._selector, self._thread = [], None, None
+        self._sockets, self._selector, self._thread, self._wake = [], None, None, None
 
     def bound(self) -> list[str]:
         """The address of each socket ("ip:port", "[ip6]:port"), so port 0 binds can be found."""
@@ -318,11 +323,10 @@ class UdpPeering:
                 self._send_hellos()
                 self._forget()
                 next_round = now + self.hello_interval_ms / 1000
-            try:
-                ready = self._selector.select(timeout=max(next_round - time.monotonic(), 0))
-            except (OSError, ValueError):  # closed under us by stop()
-                return
+            ready = self._selector.select(timeout=max(next_round - time.monotonic(), 0))
             for selected, _ in ready:
+                if selected.data is None:
+                    return  # woken by stop()
                 self._receive(selected.fileobj, selected.data)  # type: ignore[arg-type]
 
     # admin API
