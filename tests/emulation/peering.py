@@ -4,7 +4,7 @@ Without it the fake cjdroute shows every connectTo peer ESTABLISHED at once, whe
 answers (admin_server.py). With it, a node's peers are decided by real datagrams between nodes:
 
 - The node binds one UDP socket per UDPInterface `bind` of its config (v4 and v6 blocks; a bind that
-  fails stops the node, as it stops cjdroute) and every HELLO_INTERVAL_MS sends a hello to each
+  fails stops the node, so a port clash shows at once) and every HELLO_INTERVAL_MS sends a hello to each
   outgoing peer: the connectTo entries of the config and the peers of UDPInterface_beginConnection,
   less those InterfaceController_disconnectPeer removed.
 - A hello is a bencoded dict {"fake": MAGIC, "type": "hello", "key": sender publicKey, "login": login
@@ -24,11 +24,11 @@ answers (admin_server.py). With it, a node's peers are decided by real datagrams
   (v0), and UNRESPONSIVE once NEVER_ANSWERED_MS passed (the states and timeout the emulation has
   always shown; v20.7 recorded INIT for an outgoing peer that gets no answer).
 - A session that no accepted datagram refreshed for SESSION_TIMEOUT_MS (hellos stopped, password
-  removed, remote down) is UNRESPONSIVE; an incoming one is forgotten FORGET_MS later, an outgoing one
-  stays listed (cjdroute keeps trying its peers). InterfaceController_resetPeering starts the matching
+  removed, remote down) is UNRESPONSIVE; an incoming one is forgotten FORGET_MS after its last
+  accepted hello, an outgoing one stays listed (cjdroute keeps trying its peers). InterfaceController_resetPeering starts the matching
   sessions over: INIT until the next accepted hello or welcome.
 - peerStats fields are those of admin_server.peer_entry: addr "v<version>.<label>.<key>" (version 20
-  once a session was up, else 0), labels from 0000.0000.0000.0013 up, byte and packet counters of the
+  once a session was up, 0 while INIT or never up), labels from 0000.0000.0000.0013 up, byte and packet counters of the
   real datagrams of the session, `last` the time of the last accepted one.
 
 What differs from cjdns: this is a stand-in protocol, not CryptoAuth and not cjdns's wire format. No
@@ -185,7 +185,7 @@ class Outgoing:
     address: str
     if_num: int
     login: Optional[str]
-    password: str
+    password: str = field(repr=False)
     name: Optional[str]
     label: str
     since_ms: int
@@ -301,7 +301,10 @@ class UdpPeering:
 
     @staticmethod
     def _bind(bind: str) -> socket.socket:
-        family, address = sockaddr(bind)
+        try:
+            family, address = sockaddr(bind)
+        except ValueError:
+            raise PeeringError("UDPInterface bind {}: not ip:port or [ip6]:port".format(bind)) from None
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             if family == socket.AF_INET6:
@@ -408,7 +411,7 @@ class UdpPeering:
             ever_up, user, address, is_incoming, last = True, peer.user, peer.lladdr, 1, peer.last_ms
         entry = admin_server.peer_entry(
             key, address, state=state, label=peer.label,
-            version=admin_server.PROTOCOL_VERSION if ever_up else 0, user=user, is_incoming=is_incoming,
+            version=admin_server.PROTOCOL_VERSION if ever_up and state != "INIT" else 0, user=user, is_incoming=is_incoming,
             last_ms=last, if_num=peer.if_num, bytes_in=peer.counters.bytes_in, bytes_out=peer.counters.bytes_out)
         entry["receivedPackets"] = peer.counters.packets_in
         return entry
