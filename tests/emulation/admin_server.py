@@ -22,6 +22,13 @@ resetPeering makes an incoming peer re-authenticate, and one whose credentials w
 passing traffic (UNRESPONSIVE 27 s later). ESTABLISHED peers made here have byte counters that grow
 with time, so a test sees a session stay up. Everything is in memory: a restart loses it.
 
+With a peering engine attached (peering.py, CJDNS_FAKE_PEERING=udp in the fake cjdroute) the peers
+are decided by datagrams between nodes instead: peerStats lists the engine's sessions first,
+beginConnection starts an outgoing session that establishes only if the remote takes it (same
+checks and replies, same leak accounting for a repeated call), disconnectPeer and resetPeering act
+on the engine's sessions, and AuthorizedPasswords_add/_remove change what the engine accepts from
+the next hello on.
+
 In-process:
     with AdminServer(password="pw", peers=synthetic_peers(20)) as server:
         server.port  # ephemeral port on 127.0.0.1
@@ -457,6 +464,7 @@ class AdminServer:
         self.on_core_death: Optional[Callable[[], None]] = None
         self.on_leak: Optional[Callable[[str], Any]] = None
         self._leaked_labels: List[str] = []
+        self.peering: Optional[Any] = None  # a peering.UdpPeering, see attach_peering()
         self.interfaces: List[Dict[str, Any]] = list(interfaces or [])
         self.functions = functions if functions is not None else load_function_specs()
         self.specs = dict(self.functions)
@@ -486,7 +494,15 @@ class AdminServer:
 
     # lifecycle
 
+    def attach_peering(self, engine: Any) -> None:
+        """Let `engine` (peering.UdpPeering) decide the peers; it starts and stops with the server."""
+        engine.authorized = lambda: list(self.auth)
+        engine.reserved = lambda: {".".join(p["addr"].split(".")[1:5]) for p in self.peers} | set(self._leaked_labels)
+        self.peering = engine
+
     def start(self) -> "AdminServer":
+        if self.peering is not None:
+            self.peering.start()  # first: a UDPInterface that cannot bind stops the node
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         sock.bind((self.host, self.requested_port))
@@ -505,6 +521,8 @@ class AdminServer:
             self._thread.join(timeout=2)
         if self._sock is not None:
             self._sock.close()
+        if self.peering is not None:
+            self.peering.stop()
         self._sock = None
         self._thread = None
 
@@ -634,7 +652,10 @@ class AdminServer:
 
     def _fn_InterfaceController_peerStats(self, args: Dict[bytes, Any]) -> Dict[bytes, Any]:
         now = self.clock_ms()
-        return self._paged(b"peers", [self._peer_view(peer, now) for peer in self.peers], PEERS_PER_PAGE, args)
+        peers = [self._peer_view(peer, now) for peer in self.peers]
+        if self.peering is not None:
+            peers = self.peering.peer_entries(now) + peers
+        return self._paged(b"peers", peers, PEERS_PER_PAGE, args)
 
     def _peer_view(self, peer: Dict[str, Any], now: int) -> Dict[str, Any]:
         """A peer as peerStats shows it at `now`: sessions made here move through their states
@@ -669,6 +690,8 @@ class AdminServer:
         """The lowest label no session holds, leaked ones included (recorded: 0013, 0015, 0017,
         0019 for four sessions with D; 0019 again after D was disconnected; then 001b)."""
         used = {".".join(peer["addr"].split(".")[1:5]) for peer in self.peers} | set(self._leaked_labels)
+        if self.peering is not None:
+            used |= self.peering.labels()
         number = 0x13
         while "0000.0000.0000.{:04x}".format(number) in used:
             number += 2
@@ -752,26 +775,36 @@ class AdminServer:
         login = login.decode("utf-8", "replace") if isinstance(login, bytes) else None
         name = args.get(b"peerName")
         name = name.decode("utf-8", "replace") if isinstance(name, bytes) else None
+        if self.peering is not None:
+            replaced = self.peering.connect(key, address, if_num, login, password.decode("utf-8", "replace"), name)
+            if replaced is not None:
+                self._leak(key, replaced)
+            return {b"error": b"none"}
         wanted = self.remotes.get(key)
         accepted = wanted is None or (login, password.decode("utf-8", "replace")) in wanted
         for index, peer in enumerate(self.peers):
             if peer["addr"].endswith("." + key):
                 # Recorded: the entry gets a new session (new label, counters from 0); the old
                 # session is not freed and stays out of reach of every admin call.
-                self.leaked_sessions.append(key)
-                self._leaked_labels.append(".".join(peer["addr"].split(".")[1:5]))
-                if self.on_leak is not None:
-                    self.on_leak(key)
+                self._leak(key, ".".join(peer["addr"].split(".")[1:5]))
                 self.peers[index] = self._session(key, address, if_num, name, accepted)
                 return {b"error": b"none"}
         # Newest first, as C listed E (001b) before D (0019) in the one recorded case.
         self.peers.insert(0, self._session(key, address, if_num, name, accepted))
         return {b"error": b"none"}
 
+    def _leak(self, key: str, label: str) -> None:
+        self.leaked_sessions.append(key)
+        self._leaked_labels.append(label)
+        if self.on_leak is not None:
+            self.on_leak(key)
+
     def _fn_InterfaceController_resetPeering(self, args: Dict[bytes, Any]) -> Dict[bytes, Any]:
         key = args.get(b"pubkey")
         key = key.decode("utf-8", "replace") if isinstance(key, bytes) else None
         now = self.clock_ms()
+        if self.peering is not None:
+            self.peering.reset(key)
         for peer in self.peers:
             if key is not None and not peer["addr"].endswith("." + key):
                 continue
@@ -812,7 +845,8 @@ class AdminServer:
         if parse_key(key) is None:
             return {b"error": b"bad key", b"success": 0}
         remaining = [peer for peer in self.peers if not peer["addr"].endswith("." + key)]
-        if len(remaining) == len(self.peers):
+        in_engine = self.peering is not None and self.peering.disconnect(key)
+        if len(remaining) == len(self.peers) and not in_engine:
             return {b"error": b"no peer found for that key", b"success": 0}
         self.peers = remaining
         return {b"success": 1}

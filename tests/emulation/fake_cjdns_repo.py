@@ -32,7 +32,7 @@ python=$(cat client/INTERPRETER)
 rm -rf build.tmp
 mkdir build.tmp
 sed "s/^BUILT_FROM = .*/BUILT_FROM = \\"$rev\\"/" client/cjdroute.py > build.tmp/__main__.py
-cp client/cjdns_module.py client/admin_server.py build.tmp/
+cp client/cjdns_module.py client/admin_server.py client/peering.py build.tmp/
 "$python" -m zipapp build.tmp -p "$python" -o cjdroute.tmp
 rm -rf build.tmp
 chmod 0755 cjdroute.tmp
@@ -105,6 +105,7 @@ def make_repo(dest: os.PathLike[str] | str, tags: Sequence[str] = TAGS,
         "client/cjdroute.py": (EMULATION_DIR / "fake_cjdroute.py").read_text(),
         "client/cjdns_module.py": (EMULATION_DIR.parents[1] / "_modules" / "cjdns.py").read_text(),
         "client/admin_server.py": (EMULATION_DIR / "admin_server.py").read_text(),
+        "client/peering.py": (EMULATION_DIR / "peering.py").read_text(),
         "client/INTERPRETER": python + "\n",
         "contrib/systemd/cjdns.service": CJDNS_SERVICE,
         "contrib/systemd/cjdns-resume.service": CJDNS_RESUME_SERVICE,

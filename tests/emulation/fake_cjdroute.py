@@ -19,6 +19,11 @@ repeated beginConnection leaked (the key), so a test sees that the formula never
 CJDNS_FAKE_FAULTS names a JSON file read at start: {"no_reply": [function, ...]}, for an admin
 API that fails half-way. A beginConnection without password ends the process as v20.7's core
 dies (exit status 128+31: it was killed by signal 31).
+
+CJDNS_FAKE_PEERING=udp: peers are decided by real datagrams between emulated nodes instead of shown
+ESTABLISHED at once: the node binds each UDPInterface `bind`, sends hellos to its peers and takes
+those its authorizedPasswords accept (tests/emulation/peering.py says what is emulated and what
+differs from cjdns). A bind that fails, or another value of the variable, stops the node (exit 1).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Mapping, NoReturn
 
 BUILT_FROM = "source"
 EMULATION_DIR = ""
@@ -237,27 +242,44 @@ def _admin_server() -> Any:
         return None
 
 
+def make_server(module: Any, conf: dict[str, Any], environ: Mapping[str, str]) -> Any:
+    """The admin server (not started) for `conf`, with the CJDNS_FAKE_* knobs of `environ`."""
+    kwargs = module.server_kwargs_from_conf(conf)
+    # The identity comes from privateKey; "publicKey"/"ipv6" in a config are only comments.
+    kwargs["public_key"], kwargs["ipv6"] = public_key(conf["privateKey"])
+    engine = _load("peering", _emulation_dir() / "peering.py").engine_for(
+        conf, kwargs["public_key"], environ.get("CJDNS_FAKE_PEERING", ""))
+    if engine is not None:
+        kwargs["peers"] = []  # the connectTo peers are the engine's, established only if answered
+    server = module.AdminServer(**kwargs)
+    if engine is not None:
+        server.attach_peering(engine)
+    leaks = environ.get("CJDNS_FAKE_LEAKS")
+    if leaks:
+        server.on_leak = lambda key: Path(leaks).open("a").write(key + "\n")
+    faults = environ.get("CJDNS_FAKE_FAULTS")
+    if faults and Path(faults).exists():
+        only = json.loads(Path(faults).read_text()).get("no_reply") or []
+        server.faults = module.Faults(no_reply=True, only=set(only))
+    incoming = environ.get("CJDNS_FAKE_INCOMING")
+    if incoming:
+        for remote in json.loads(Path(incoming).read_text()):
+            server.add_incoming(remote["publicKey"], remote["lladdr"], remote.get("login"), remote["password"])
+    return server
+
+
 def serve_admin(conf: dict[str, Any]) -> NoReturn:
     """Serve the admin API with tests/emulation/admin_server.py if it exists, else ping only."""
     module = _admin_server()
     if module is not None:
-        kwargs = module.server_kwargs_from_conf(conf)
-        # The identity comes from privateKey; "publicKey"/"ipv6" in a config are only comments.
-        kwargs["public_key"], kwargs["ipv6"] = public_key(conf["privateKey"])
-        server = module.AdminServer(**kwargs)
-        server.on_core_death = lambda: os._exit(128 + signal.SIGSYS)
-        leaks = os.environ.get("CJDNS_FAKE_LEAKS")
-        if leaks:
-            server.on_leak = lambda key: Path(leaks).open("a").write(key + "\n")
-        faults = os.environ.get("CJDNS_FAKE_FAULTS")
-        if faults and Path(faults).exists():
-            only = json.loads(Path(faults).read_text()).get("no_reply") or []
-            server.faults = module.Faults(no_reply=True, only=set(only))
-        incoming = os.environ.get("CJDNS_FAKE_INCOMING")
-        if incoming:
-            for remote in json.loads(Path(incoming).read_text()):
-                server.add_incoming(remote["publicKey"], remote["lladdr"], remote.get("login"), remote["password"])
-        server.start()
+        peering = _load("peering", _emulation_dir() / "peering.py")
+        try:
+            server = make_server(module, conf, os.environ)
+            server.on_core_death = lambda: os._exit(128 + signal.SIGSYS)
+            server.start()
+        except peering.PeeringError as exc:
+            print(exc, file=sys.stderr, flush=True)
+            sys.exit(1)
         while True:
             signal.pause()  # SIGTERM ends the process (handler set in run())
     family, host, port = _split_bind(conf["admin"]["bind"])
