@@ -403,7 +403,7 @@ def _hubs(raw: Any, where: str, members: Mapping[str, Member], groups: Mapping[s
         if name is None:
             continue
         if members[name].nat:
-            problems.append(f"{at}: {name!r} is behind NAT (nat: true); a hub must accept connections")
+            problems.append(f"{at}: {name!r} is behind NAT (nat: true), and a hub must accept connections")
         elif name in hubs:
             problems.append(f"{at}: {name!r} is listed twice")
         hubs.add(name)
@@ -422,7 +422,7 @@ def _explicit_edge(raw: Any, where: str, members: Mapping[str, Member], problems
         problems.append(f"{where}: client and server are both {client!r}")
         return None
     if members[server].nat:
-        problems.append(f"{where}.server: {server!r} is behind NAT (nat: true); it can only be a client")
+        problems.append(f"{where}.server: {server!r} is behind NAT (nat: true), so it can only be a client")
         return None
     return Edge(server=server, client=client)
 
