@@ -14,6 +14,7 @@ sync both with `salt-run saltutil.sync_all`. A failure returns `{"Error": reason
     salt-run cjdns_fleet.forget oldbox
 """
 
+import logging
 import sys
 import time
 from types import ModuleType
@@ -21,6 +22,8 @@ from typing import Any, Callable
 
 import salt.cache
 import salt.loader
+
+log = logging.getLogger(__name__)
 
 __virtualname__ = "cjdns_fleet"
 PILLAR = "cjdns_fleet"
@@ -145,6 +148,7 @@ def _wait_card(compiler: ModuleType, minion: str, timeout: Any, interval: Any) -
         raise RunnerError(f"{minion} is not a member of fleet {fleet.name}")
     fetch = compiler.mine_fetcher(__opts__)
     deadline = time.monotonic() + timeout
+    polls = 0
     while True:
         found = compiler.lookup_card(fetch, minion, fleet.compromised_keys)
         if isinstance(found, compiler.Card):
@@ -152,6 +156,9 @@ def _wait_card(compiler: ModuleType, minion: str, timeout: Any, interval: Any) -
         left = deadline - time.monotonic()
         if left <= 0:
             break
+        if polls == 0:
+            log.debug("cjdns_fleet.wait_card: no valid card of %s yet; polling every %g s", minion, interval)
+        polls += 1
         time.sleep(min(interval, left))
     why = "no cjdns.card in its mine data" if found is None else f"its card is refused: {found.reason}"
     raise RunnerError(f"{minion}: no valid card after {timeout:g} s ({why})")
