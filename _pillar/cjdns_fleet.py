@@ -180,6 +180,7 @@ class Fleet:
     name: str
     epoch: int
     members: Mapping[str, Member]
+    member_ids: tuple[str, ...]  # sorted
     compromised_keys: frozenset[str]
     edge_epochs: Mapping[frozenset[str], int]
     meshes: tuple[frozenset[str], ...]
@@ -545,8 +546,9 @@ def compile_fleet(data: Any) -> Fleet:
         by_member.setdefault(edge.server, {})[edge.client] = edge
         by_member.setdefault(edge.client, {})[edge.server] = edge
     return Fleet(
-        name=name, epoch=epoch, members=members, compromised_keys=compromised, edge_epochs=edge_epochs,
-        meshes=tuple(meshes), hub_items=tuple(hub_items), explicit=by_member,
+        name=name, epoch=epoch, members=members, member_ids=tuple(sorted(members)),
+        compromised_keys=compromised, edge_epochs=edge_epochs, meshes=tuple(meshes),
+        hub_items=tuple(hub_items), explicit=by_member,
         mesh_index=_index(meshes), hub_index=_index(item.hubs | item.members for item in hub_items),
     )
 
@@ -777,7 +779,6 @@ def render(fleet: Fleet, key: bytes, member: str, cards: Mapping[str, CardLookup
                                "peerName": card.id}
     authorized = {card.id: {"password": edge_password(key, fleet, edge), "ipv6": card.ipv6}
                   for edge, card in clients}
-    member_ids = sorted(fleet.members)
     return {
         "cjdns": {
             "node": {
@@ -794,11 +795,11 @@ def render(fleet: Fleet, key: bytes, member: str, cards: Mapping[str, CardLookup
                 "pending": sorted(pending),
                 "refused": refused,
                 "unreachable": list(found.unreachable),
-                "members": member_ids,
+                "members": list(fleet.member_ids),
             },
         },
         "mine_functions": {
-            CARD_FUNCTION: {"mine_function": CARD_FUNCTION, "allow_tgt": list(member_ids), "allow_tgt_type": "list"},
+            CARD_FUNCTION: {"mine_function": CARD_FUNCTION, "allow_tgt": list(fleet.member_ids), "allow_tgt_type": "list"},
         },
     }
 
@@ -810,23 +811,25 @@ def render(fleet: Fleet, key: bytes, member: str, cards: Mapping[str, CardLookup
 _PROCESS_CACHE = "cjdns_fleet_process_cache"
 
 
-def _process_cache() -> dict:
-    """Parsed fleet files, kept for the life of the process. Salt's loader executes this
-    module again for every Pillar it builds (the master builds one per request), so a module
-    global would last one render: the cache lives in a module of its own, which no loader
-    touches. It holds no secret (the key file is read on every render)."""
+def _process_cache() -> types.ModuleType:
+    """What this process keeps between renders: parsed fleet files (`fleets`) and Salt cache
+    objects (`salt_caches`). Salt's loader executes this module again for every Pillar it
+    builds (the master builds one per request), so a module global would last one render:
+    they live in a module of their own, which no loader touches. Nothing secret is kept
+    (the key file is read on every render)."""
     holder = sys.modules.get(_PROCESS_CACHE)
     if holder is None:
-        holder = types.ModuleType(_PROCESS_CACHE, "cjdns_fleet: parsed fleet files of this process")
+        holder = types.ModuleType(_PROCESS_CACHE, "cjdns_fleet: what this process keeps between renders")
         holder.fleets = {}  # type: ignore[attr-defined]
+        holder.salt_caches = {}  # type: ignore[attr-defined]
         holder = sys.modules.setdefault(_PROCESS_CACHE, holder)
-    return holder.fleets  # type: ignore[attr-defined]
+    return holder
 
 
 def load_fleet(path: str) -> Fleet:
     """The fleet file at `path`, parsed and validated once per content (path, inode, mtime,
     size); FleetError prefixed with `fleet_file <path>`."""
-    cache = _process_cache()
+    cache = _process_cache().fleets
     try:
         with open(path, "rb") as handle:
             info = os.fstat(handle.fileno())
@@ -968,10 +971,16 @@ def config_of(fleet_file: Any, key_file: Any, file_roots: Any = None) -> Config:
 
 def mine_fetcher(opts: Mapping) -> Callable[[str], Any]:
     """A function giving one minion's mine data from the master's cache (bank minions/<id>,
-    key mine, as salt/daemons/masterapi.py stores it)."""
+    key mine, as salt/daemons/masterapi.py stores it). The cache object is made once per
+    driver and directory in this process: making one loads Salt's cache modules, which
+    would otherwise cost more than the whole render."""
     import salt.cache
 
-    cache = salt.cache.factory(opts)
+    caches = _process_cache().salt_caches
+    where = (opts.get("cache", "localfs"), opts.get("cachedir"), opts.get("memcache_expire_seconds", 0))
+    cache = caches.get(where)
+    if cache is None:
+        cache = caches.setdefault(where, salt.cache.factory(opts))
     return lambda minion: cache.fetch(f"minions/{minion}", "mine")
 
 
