@@ -586,8 +586,11 @@ def _hub_edges(fleet: Fleet, member: str) -> dict[str, Edge]:
                 claims.setdefault(hub, set()).add(Edge(server=hub, client=member))
     edges = {}
     for other, claimed in claims.items():
-        # Two hubs that are each other's spoke: no direction is given, so the mesh rule decides.
-        edges[other] = next(iter(claimed)) if len(claimed) == 1 else default_edge(fleet, member, other)
+        # Two hubs that are each other's spoke: no direction is given, so the mesh rule decides
+        # (hubs are never behind NAT, so it always gives one).
+        edge = next(iter(claimed)) if len(claimed) == 1 else default_edge(fleet, member, other)
+        if edge is not None:
+            edges[other] = edge
     return edges
 
 
@@ -697,7 +700,13 @@ def check_card(value: Any, minion: str, compromised: frozenset[str]) -> Card:
 
 def mine_card(mine: Any) -> Any:
     """The cjdns.card value in one minion's mine data (unwrapped when sent with allow_tgt), or
-    None when there is none."""
+    None when there is none.
+
+    The master's store (salt/daemons/masterapi.py `_mine`) is not to be trusted for shape: a
+    `clear=True` update fails there before storing anything (its `data` is unbound), so an
+    old card outlives the minion's wish to drop it (`salt-run cjdns_fleet.forget` removes it);
+    and when the stored value is not a dict, the new data is dropped and the old value stored
+    again. So anything that is not a mapping holding the card counts as no card."""
     if not isinstance(mine, Mapping) or CARD_FUNCTION not in mine:
         return None
     entry = mine[CARD_FUNCTION]

@@ -7,6 +7,7 @@ The tests are numbered: they share one master dir and run in order (keygen first
 
 import json
 import subprocess
+import sys
 
 import pytest
 import salt.utils.mine
@@ -65,6 +66,15 @@ def test_2_render_is_what_the_masters_pillar_gives_the_minion(master):
 
 def test_3_a_non_member_gets_nothing(master):
     assert master.pillar("stranger") == {}
+
+
+def test_3_the_fleet_file_is_parsed_once_across_the_masters_pillars(master):
+    """Salt's loader runs the module again for each Pillar; the parsed fleet must survive."""
+    master.pillar("home")
+    kept = sys.modules["cjdns_fleet_process_cache"].fleets[str(master.fleet_file)]
+    master.pillar("vps1")
+    master.pillar("laptop")
+    assert sys.modules["cjdns_fleet_process_cache"].fleets[str(master.fleet_file)] is kept
 
 
 def test_4_neighbours(master):
