@@ -235,3 +235,11 @@ def test_the_ext_pillar_config_is_checked(cf, fleet_file, key_file, message):
 def test_a_key_inside_file_roots_is_refused(cf, tmp_path):
     with pytest.raises(cf.FleetError, match="is inside file_roots .* where minions can fetch it"):
         cf.config_of("/f", str(tmp_path / "srv/salt/fleet.key"), {"base": [str(tmp_path / "srv/salt")]})
+
+
+def test_the_documented_example_fleet_file_is_valid(cf):
+    from support.saltenv import REPO
+
+    fleet = cf.load_fleet(str(REPO / "fleet.example.yaml"))
+    assert fleet.name == "home" and sorted(fleet.members) == ["home", "laptop", "vps1", "vps2"]
+    assert cf.neighbours(fleet, "laptop") == ["home", "vps1"]
