@@ -152,6 +152,15 @@ def test_9_fleet_and_key_file_errors_are_pillar_errors_on_the_master(master):
     assert key.hex() not in str(bad_key) and "_errors" not in master.pillar("laptop")
 
 
+def test_10_the_fleet_key_is_in_no_log_or_cache_file(master):
+    key = master.key_file.read_bytes()
+    spellings = [key.hex(), repr(key)[2:-1], key.decode("latin-1")]
+    for path in master.root.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes().decode("latin-1")
+            assert not any(spelling in data for spelling in spellings), path
+
+
 def test_an_ext_pillar_error_reaches_the_minion_and_state_apply_refuses(tmp_path):
     """salt-call compiles its pillar with the same Pillar class the master runs for it."""
     lab = MasterDir(tmp_path / "master")
