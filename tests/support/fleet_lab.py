@@ -63,7 +63,8 @@ class MasterDir:
         self.root = base / "root"
         self.srv = base / "srv"
         self.secret_dir = base / "secret"
-        for directory in (self.conf, self.root, self.srv):
+        # proc: the running master makes it; salt-run 3008 writes its job there and fails without it.
+        for directory in (self.conf, self.srv, self.root / "var/cache/salt/master/proc"):
             directory.mkdir(parents=True, exist_ok=True)
         self.secret_dir.mkdir(mode=0o700, exist_ok=True)
         for part in ("_pillar", "_runners"):
