@@ -179,3 +179,20 @@ def test_an_ext_pillar_error_reaches_the_minion_and_state_apply_refuses(tmp_path
     applied = minion.call("state.apply", "cjdns.pillar")
     assert applied.rc != 0
     assert "Pillar failed to render" in applied.stdout + applied.stderr and reason in applied.stdout
+
+
+def test_a_members_node_pillar_passes_the_nodes_pillar_check(tmp_path):
+    """cjdns:node from the fleet is what the node's own check (cjdns.pillar) accepts from a
+    hand-written pillar: home has peers and authorized passwords both. cjdns:fleet is left
+    out: the node side defines that key."""
+    cf = load_compiler()
+    fleet = cf.parse_fleet((REPO / "tests/data/fleet/fleet.yaml").read_text())
+    mines = {minion: {"cjdns.card": card} for minion, card in sample_cards().items()}
+    cards = {other: cf.lookup_card(lambda m: mines.get(m, {}), other, fleet.compromised_keys)
+             for other in cf.member_edges(fleet, "home").edges}
+    pillar = cf.render(fleet, bytes(32), "home", cards)
+    assert pillar["cjdns"]["node"]["peers"] and pillar["cjdns"]["node"]["authorized_passwords"]
+    env = SaltEnv(tmp_path, minion_id="home",
+                  pillar={"cjdns": {"node": pillar["cjdns"]["node"]}, "mine_functions": pillar["mine_functions"]})
+    result = env.call("state.apply", "cjdns.pillar", "test=True")
+    assert [(state["result"], state["comment"]) for state in result.data.values()] == [(True, "pillar cjdns is valid")]
