@@ -408,7 +408,9 @@ def _hubs(raw: Any, where: str, members: Mapping[str, Member], groups: Mapping[s
         elif name in hubs:
             problems.append(f"{at}: {name!r} is listed twice")
         hubs.add(name)
-    spokes = _expand(raw.get("members"), f"{where}.members", members, groups, problems) if "members" in raw else frozenset()
+    spokes = frozenset()
+    if "members" in raw:
+        spokes = _expand(raw["members"], f"{where}.members", members, groups, problems)
     return HubItem(frozenset(hubs), spokes)
 
 
@@ -664,7 +666,8 @@ def check_card(value: Any, minion: str, compromised: frozenset[str]) -> Card:
     unknown = sorted(str(key) for key in value if key not in _CARD_KEYS)
     missing = [key for key in _CARD_KEYS if key not in value]
     if unknown or missing:
-        raise CardError("; ".join([*(f"{key}: unknown key" for key in unknown), *(f"{key}: missing" for key in missing)]))
+        problems = [*(f"{key}: unknown key" for key in unknown), *(f"{key}: missing" for key in missing)]
+        raise CardError("; ".join(problems))
     if value["version"] != CARD_VERSION or isinstance(value["version"], bool):
         raise CardError(f"version: {_short(value['version'])} is not a card version the master reads ({CARD_VERSION})")
     if value["id"] != minion:
@@ -808,7 +811,8 @@ def render(fleet: Fleet, key: bytes, member: str, cards: Mapping[str, CardLookup
             },
         },
         "mine_functions": {
-            CARD_FUNCTION: {"mine_function": CARD_FUNCTION, "allow_tgt": list(fleet.member_ids), "allow_tgt_type": "list"},
+            CARD_FUNCTION: {"mine_function": CARD_FUNCTION, "allow_tgt": list(fleet.member_ids),
+                            "allow_tgt_type": "list"},
         },
     }
 
@@ -862,9 +866,9 @@ def read_key(path: str) -> bytes:
     what is wrong with it (never its content)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise
     except OSError as error:
+        if error.errno == errno.ENOENT:
+            raise
         if error.errno == errno.ELOOP:
             raise FleetError(f"key_file {path}: is a symbolic link; give the path of the file itself") from None
         raise FleetError(f"key_file {path}: cannot be opened: {error.strerror}") from None
@@ -917,7 +921,10 @@ def create_key(path: str) -> None:
     if problem:
         raise FleetError(f"key_file {path}: {problem}")
     temporary = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as error:
+        raise FleetError(f"key_file {path}: cannot be made: {error.strerror}") from None
     try:
         try:
             if os.write(fd, secrets.token_bytes(KEY_BYTES)) != KEY_BYTES:
@@ -1005,7 +1012,8 @@ def member_pillar(config: Config, minion_id: str, fetch_mine: Callable[[str], An
     return render(fleet, key, minion_id, cards)
 
 
-def ext_pillar(minion_id: str, pillar: dict, fleet_file: Any = None, key_file: Any = None) -> dict:  # pylint: disable=unused-argument
+def ext_pillar(minion_id: str, pillar: dict,  # pylint: disable=unused-argument
+               fleet_file: Any = None, key_file: Any = None) -> dict:
     """The cjdns fleet pillar of `minion_id` (nothing if it is not a member). Errors in the
     fleet file or the key file raise, and Salt puts the message in the pillar's `_errors`."""
     config = config_of(fleet_file, key_file, __opts__.get("file_roots"))
