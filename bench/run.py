@@ -3,10 +3,11 @@
 Writes bench/results.md and prints the same. Rows that miss their target are profiled
 (in-process rows only) into bench/out/profile-*.txt.
 
-    .venv/bin/python bench/run.py [--only 1,2,3,4] [--module path/to/cjdns.py] [--no-profile]
+    .venv/bin/python bench/run.py [--only 1,2,3,4,5,6] [--module path/to/cjdns.py] [--no-profile]
 
 --module runs the in-process rows (1, 2, 4) against another copy of _modules/cjdns.py, to try
-a fix before it goes into the checkout; row 3 always runs the checkout through salt-ssh.
+a fix before it goes into the checkout; row 3 always runs the checkout through salt-ssh, and
+rows 5 and 6 (the fleet ext_pillar, _pillar/cjdns_fleet.py) always run the checkout's.
 """
 
 import argparse
@@ -22,6 +23,7 @@ from typing import Callable
 from common import BENCH, OUT, REPO, Row, load_cjdns, machine_info, markdown_table
 
 import apply  # noqa: E402 (after common: sys.path)
+import fleet
 import keygen
 import merge
 import peerstats
@@ -56,6 +58,8 @@ def profiles_for_misses(cj: ModuleType, rows: list[Row]) -> list[str]:
             "2": lambda: merge.profile_target(cj),
             "2b": lambda: merge.profile_target(cj, 10000),
             "4": lambda: peerstats.profile_target(cj),
+            "5": lambda: fleet.profile_target("5"),
+            "6": lambda: fleet.profile_target("6"),
         }.get(number)
         if target is not None:
             made.append(f"row {number}: {profile(number, target()).relative_to(REPO)}")
@@ -83,7 +87,7 @@ def report(rows: list[Row], sections: list[str], notes: list[str], elapsed: floa
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", default="1,2,3,4", help="rows to run, e.g. 1,4")
+    parser.add_argument("--only", default="1,2,3,4,5,6", help="rows to run, e.g. 1,4")
     parser.add_argument("--module", type=pathlib.Path, help="another cjdns.py for rows 1, 2, 4")
     parser.add_argument("--no-profile", action="store_true", help="do not profile rows that miss")
     options = parser.parse_args(argv)
@@ -102,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         rows += apply.run(cj, profile=not options.no_profile)
     if "4" in only:
         rows += peerstats.run(cj)
+    if only & {"5", "6"}:
+        fleet_rows, fleet_sections = fleet.run()
+        rows += [row for row in fleet_rows if row.name.split(".", 1)[0] in only]
+        sections += fleet_sections if "6" in only else []
     notes = [n for r in rows for n in r.notes]
     if options.module:
         notes.insert(0, f"rows 1, 2, 4 ran against {options.module}, not the checkout's _modules/cjdns.py")
