@@ -33,7 +33,7 @@ SPOKE = "m0500"
 
 
 def load_compiler() -> Any:
-    from support.fleet_lab import load_compiler as load
+    from support.fleet_compiler import load_compiler as load
 
     return load("cjdns_fleet_bench")
 

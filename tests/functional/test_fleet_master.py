@@ -12,7 +12,7 @@ import sys
 import pytest
 import salt.utils.mine
 
-from support.fleet_lab import SALT_RUN, MasterDir, load_compiler, sample_cards
+from support.fleet_compiler import SALT_RUN, MasterDir, load_compiler, sample_cards
 from support.saltenv import REPO, SaltEnv
 
 LAPTOP_NEIGHBOURS = ["home", "office", "pi", "vps1", "vps2"]

@@ -10,7 +10,7 @@ import json
 import pytest
 import yaml
 
-from support.fleet_lab import fetcher, load_compiler, mines_of, sample_cards, sample_fleet_data, sample_fleet_text
+from support.fleet_compiler import fetcher, load_compiler, mines_of, sample_cards, sample_fleet_data, sample_fleet_text
 from support.saltenv import VECTORS
 
 KEY = bytes(range(32))

@@ -7,7 +7,7 @@ import pathlib
 
 import pytest
 
-from support.fleet_lab import load_compiler, sample_fleet_text
+from support.fleet_compiler import load_compiler, sample_fleet_text
 
 HEAD = "version: 1\nfleet: home\n"
 MEMBERS = "members:\n  vps1: {}\n  home: {}\n  laptop: {nat: true}\n"
