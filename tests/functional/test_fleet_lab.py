@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from support.fleet_lab import SUBNET, FleetLab, udp_exchange
+from support.fleet_lab import NS_PREFIX, SUBNET, FleetLab, Network, udp_exchange
 from support.qubes_lab import containers_work
 
 pytestmark = pytest.mark.skipif(not containers_work(), reason="needs root, systemd-nspawn and debootstrap")
@@ -43,6 +43,12 @@ def test_master_accepted_every_minion_and_each_answers_from_its_own_machine(flee
     versions = fleet.salt("*", "grains.item", "pythonversion", "osrelease")
     assert {v["osrelease"] for v in versions.values()} == {"13"}
     assert {tuple(v["pythonversion"][:2]) for v in versions.values()} == {(3, 11)}
+    # Debug logs and caches, where a later check can read them.
+    assert "[DEBUG   ]" in fleet.master_log.read_text()
+    assert (fleet.master_cachedir / "minions" / "n1" / "data.p").exists()  # minion_data_cache
+    for name in MINIONS:
+        assert f"Minion of '{fleet.master_address}'" in fleet.minion_log(name).read_text()
+        assert (fleet.minion_cachedir(name) / "extmods" / "modules" / "cjdns.py").exists()
 
 
 def test_the_bridge_is_in_the_masters_namespace_not_the_hosts(fleet):
@@ -98,9 +104,33 @@ def test_master_events_are_seen_with_their_minion(fleet):
     assert ret.data["id"] == "n4" and ret.data["return"] is True and ret.data["fun"] == "test.ping"
 
 
+def test_master_restart_with_a_new_config_keeps_its_minions(fleet):
+    fleet.master_opts["keep_jobs_seconds"] = 3600
+    fleet.restart_master()
+    assert "keep_jobs_seconds: 3600" in (fleet.master_conf / "master").read_text()
+    assert fleet.salt("*", "test.ping") == {name: True for name in MINIONS}
+
+
 def test_a_minion_that_joins_later_is_accepted_and_answers(fleet):
     fleet.add_minion("n6")
     assert sorted(fleet.keys()["minions"]) == [*MINIONS, "n6"]
     assert fleet.salt("*", "test.ping") == {name: True for name in [*MINIONS, "n6"]}
     seen = udp_exchange(fleet.machine("n6"), fleet.machine("n1"), fleet.address("n1"))
     assert seen["from"] == fleet.address("n6")
+
+
+def test_namespaces_of_a_lab_whose_process_is_gone_are_removed():
+    dead = int(open("/proc/sys/kernel/pid_max").read())  # no process has this id
+    stale = [f"{NS_PREFIX}200-{dead}-m", f"{NS_PREFIX}200-{dead}-1"]
+    for name in stale:
+        subprocess.run(["ip", "netns", "add", name], check=True)
+    network = Network()
+    try:
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+        assert not [name for name in stale if name in listed]
+        assert network.master_ns in listed
+    finally:
+        network.destroy()
+        for name in stale:
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+    assert network.master_ns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
