@@ -51,7 +51,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import yaml
 
@@ -88,6 +88,9 @@ class HostPython:
 
     @classmethod
     def detect(cls) -> HostPython:
+        if sys.prefix == sys.base_prefix:
+            raise FleetLabError("the fleet lab lends its Salt venv to the minions: run the tests "
+                                "with a venv's Python (make test uses .venv)")
         version = f"python{sys.version_info.major}.{sys.version_info.minor}"
         venv = Path(sys.prefix).resolve()
         return cls(interpreter=Path(sys.base_prefix) / "bin" / version,
@@ -153,10 +156,14 @@ class Network:
             self.lab = self._free_lab_number()
             self.master_ns = f"{NS_PREFIX}{self.lab}-{os.getpid()}-m"
             _ip("netns", "add", self.master_ns)
-        _ip("link", "set", "lo", "up", ns=self.master_ns)
-        _ip("link", "add", "br0", "type", "bridge", ns=self.master_ns)
-        _ip("addr", "add", f"{self.master_address}/24", "dev", "br0", ns=self.master_ns)
-        _ip("link", "set", "br0", "up", ns=self.master_ns)
+        try:
+            _ip("link", "set", "lo", "up", ns=self.master_ns)
+            _ip("link", "add", "br0", "type", "bridge", ns=self.master_ns)
+            _ip("addr", "add", f"{self.master_address}/24", "dev", "br0", ns=self.master_ns)
+            _ip("link", "set", "br0", "up", ns=self.master_ns)
+        except BaseException:
+            _delete_namespace(self.master_ns)
+            raise
 
     @staticmethod
     def _free_lab_number() -> int:
