@@ -631,8 +631,8 @@ class FleetLab:
 
     def salt(self, target: str, fun: str, *args: str, tgt_type: str = "glob", timeout: float = 60,
              check: bool = True) -> dict[str, Any]:
-        """`salt --static --out=json TARGET FUN ARGS` -> {minion: return}. check: every targeted
-        minion answered, with retcode 0 (salt's exit status)."""
+        """`salt --static --out=json TARGET FUN ARGS` -> {minion: return}. check: salt's exit
+        status must be 0 (it is not when a minion did not answer or its function failed)."""
         select = [] if tgt_type == "glob" else [TARGET_FLAGS[tgt_type]]
         proc = self._master_cli("salt", "--timeout", str(int(timeout)), "--static", "--out=json",
                                 "-l", "quiet", *select, target, fun, *args, timeout=timeout + 60)
