@@ -40,6 +40,10 @@ def test_master_accepted_every_minion_and_each_answers_from_its_own_machine(flee
         pid = machine.run(["systemctl", "show", "-p", "MainPID", "--value", "salt-minion"]).stdout.strip()
         assert "salt-minion" in machine.path(f"/proc/{pid}/cmdline").read_text()
         assert machine.run(["/usr/bin/python3", "--version"]).stdout.startswith("Python 3.13")
+        # The host's venv and Python are lent read-only: no minion can change them.
+        for lent in (fleet.host_python.site_packages / "salt", fleet.host_python.stdlib):
+            denied = machine.run(["touch", f"{lent}/fleet-lab-write-probe"])
+            assert denied.returncode != 0 and "Read-only file system" in denied.stderr
     versions = fleet.salt("*", "grains.item", "pythonversion", "osrelease")
     assert {v["osrelease"] for v in versions.values()} == {"13"}
     assert {tuple(v["pythonversion"][:2]) for v in versions.values()} == {(3, 11)}
