@@ -12,7 +12,10 @@ qubes-mount-dirs with bind-dirs). Storage follows Qubes (QubesOS/qubes-core-agen
   /rw/home and /rw/usrlocal.
 * QubesDB is /run/qubes-emulation/qubesdb.json (read-only, from here): name, type, persistence,
   the Qubes services of the qube (its `service.*` features) and the base template.
-* network: a private network namespace with only `lo` (or a named one, for gateway tests).
+* network: a private network namespace with only `lo` (or a named one, `netns=`, for gateway
+  and fleet tests).
+* host paths: `shared=` directories bound read-write at the same path, `shared_ro=` files or
+  directories bound read-only at the same path (the fleet lab lends the host's Python and venv).
 * apt: the qube's only archive is the local repository (vm/rootfs.py) mounted read-only.
 
 Nothing is mounted on this machine's own mount table: the overlay is made in a private mount
@@ -20,6 +23,7 @@ namespace in which systemd-nspawn runs; the host sees only the directories under
 
 API (root only; a qube boots on first use):
     tpl = Template("cjdns-gw", workdir, shared=[tmp])     # storage in workdir/cjdns-gw/
+    Template("m1", workdir, netns="lab-m1", shared_ro=["/usr/lib/python3.11"])
     vm = AppVM("sys-cjdns", workdir, tpl, services={"cjdns"}, vm_type="ProxyVM")
     vm.run(argv, env=None, input=None, timeout=120, cwd=None, check=False) -> CompletedProcess
     vm.sh("shell script") ; vm.path("/etc/x") (what the running qube sees at /etc/x)
@@ -92,6 +96,7 @@ class Qube:
     def __init__(self, name: str, workdir: os.PathLike[str] | str, *,
                  services: Iterable[str] | Mapping[str, bool] = (), vm_type: str = "",
                  shared: Sequence[os.PathLike[str] | str] = (), netns: str | None = None,
+                 shared_ro: Sequence[os.PathLike[str] | str] = (),
                  bind_dirs_version: str = "4.2") -> None:
         self.name = name
         self.dir = Path(workdir).resolve() / name
@@ -103,6 +108,10 @@ class Qube:
         for path in self.shared:
             if not path.is_dir():
                 raise ValueError(f"shared path is not a directory: {path}")
+        self.shared_ro = [Path(p) for p in shared_ro]
+        for path in self.shared_ro:
+            if not path.exists():
+                raise ValueError(f"read-only shared path does not exist: {path}")
         self.netns = netns
         self.bind_dirs_version = bind_dirs_version
         self.leader: int | None = None
@@ -156,7 +165,8 @@ class Qube:
                 f"--bind={self.private_dir}:/rw",
                 f"--bind-ro={repo}:{rootfs.REPO_IN_QUBE}",
                 f"--bind-ro={self.dir / 'qubesdb'}:/run/qubes-emulation",
-                *(f"--bind={p}" for p in self.shared)]
+                *(f"--bind={p}" for p in self.shared),
+                *(f"--bind-ro={p}" for p in self.shared_ro)]
         argv.append(f"--network-namespace-path=/run/netns/{self.netns}" if self.netns else "--private-network")
         env = {"PATH": BASE_ENV["PATH"], "QUBE_MNT": str(self.dir / "mnt"),
                "QUBE_LOWER": ":".join(str(p) for p in [*lowers, root]),
