@@ -158,6 +158,7 @@ def _short(value: Any) -> str:
 class Member:
     nat: bool
     endpoints: tuple[str, ...]  # empty: the card's own
+    public_key: str = ""  # a member without a master (a Qubes sys-cjdns): its card from here
 
 
 @dataclass(frozen=True)
@@ -298,14 +299,21 @@ def _members(raw: Any, problems: list[str]) -> dict[str, Member]:
             problems.append(f"members: {reason}")
             continue
         options = {} if options is None else options
-        if not _mapping(options, where, (), ("endpoints", "nat"), problems):
+        if not _mapping(options, where, (), ("endpoints", "nat", "public_key"), problems):
             continue
+        public_key = options.get("public_key", "")
+        try:
+            if public_key:
+                key_address(public_key)
+        except ValueError as error:
+            problems.append(f"{where}.public_key: {error}")
+            public_key = ""
         nat = options.get("nat", False)
         if not isinstance(nat, bool):
             problems.append(f"{where}.nat: {_short(nat)} must be true or false")
             nat = False
         endpoints = _endpoints(options["endpoints"], f"{where}.endpoints", problems) if "endpoints" in options else ()
-        members[member] = Member(nat=nat, endpoints=endpoints)
+        members[member] = Member(nat=nat, endpoints=endpoints, public_key=public_key)
     return members
 
 
@@ -718,6 +726,18 @@ def mine_card(mine: Any) -> Any:
     return entry
 
 
+def fleet_card(fleet: Fleet, fetch_mine: Callable[[str], Any], minion: str) -> CardLookup:
+    """The card the fleet file gives a member without a master (members.<id>.public_key, with
+    its endpoints), which no mine card overrides; else the card in the mine."""
+    member = fleet.members.get(minion)
+    if member is None or not member.public_key:
+        return lookup_card(fetch_mine, minion, fleet.compromised_keys)
+    if member.public_key in fleet.compromised_keys:
+        return Refused(f"members.{minion}.public_key: listed in compromised_keys")
+    return Card(id=minion, public_key=member.public_key, ipv6=key_address(member.public_key),
+                endpoints=member.endpoints)
+
+
 def lookup_card(fetch_mine: Callable[[str], Any], minion: str, compromised: frozenset[str]) -> CardLookup:
     """The checked card of `minion`; Refused with the reason; None when it has none."""
     try:
@@ -1008,7 +1028,7 @@ def member_pillar(config: Config, minion_id: str, fetch_mine: Callable[[str], An
         return {}
     key = ensure_key(config.key_file)
     others = member_edges(fleet, minion_id).edges
-    cards = {other: lookup_card(fetch_mine, other, fleet.compromised_keys) for other in others}
+    cards = {other: fleet_card(fleet, fetch_mine, other) for other in others}
     return render(fleet, key, minion_id, cards)
 
 

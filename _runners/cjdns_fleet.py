@@ -150,7 +150,7 @@ def _wait_card(compiler: ModuleType, minion: str, timeout: Any, interval: Any) -
     deadline = time.monotonic() + timeout
     polls = 0
     while True:
-        found = compiler.lookup_card(fetch, minion, fleet.compromised_keys)
+        found = compiler.fleet_card(fleet, fetch, minion)
         if isinstance(found, compiler.Card):
             return True
         left = deadline - time.monotonic()

@@ -365,3 +365,28 @@ def test_a_render_reads_only_the_cards_of_its_neighbours(cf, tmp_path):
     config = cf.config_of(str(tmp_path / "fleet.yaml"), str(tmp_path / "fleet.key"))
     cf.member_pillar(config, "laptop", fetch)
     assert sorted(read) == cf.neighbours(fleet, "laptop")
+
+
+def static_pillar(cf, fleet, member, cards):
+    found = {other: cf.fleet_card(fleet, fetcher(mines_of(cards)), other) for other in cf.member_edges(fleet, member).edges}
+    return cf.render(fleet, KEY, member, found)["cjdns"]
+
+
+def test_a_member_without_a_master_has_its_card_in_the_fleet_file(cf):
+    """A Qubes sys-cjdns (qubesctl has no master): members.<id>.public_key stands for its card,
+    and a card in the mine under that id does not override it."""
+    key = KEYS[5]["public_key"]
+    data = small({"hub": {}, "qube": {"nat": True, "public_key": key}}, [{"hubs": {"hubs": ["hub"], "members": ["qube"]}}])
+    fleet = fleet_of(cf, data)
+    cards = {"hub": {**sample_cards()["vps1"], "id": "hub"}, "qube": {**sample_cards()["vps2"], "id": "qube"}}
+    hub = static_pillar(cf, fleet, "hub", cards)
+    assert hub["node"]["authorized_passwords"]["qube"]["ipv6"] == KEYS[5]["ipv6"]
+    assert hub["fleet"]["pending"] == []
+    compromised = fleet_of(cf, {**data, "compromised_keys": [key]})
+    hub = static_pillar(cf, compromised, "hub", cards)
+    assert hub["fleet"]["pending"] == ["qube"] and "compromised" in json.dumps(hub["fleet"]["refused"])
+
+
+def test_a_bad_public_key_in_the_fleet_file_names_its_field(cf):
+    with pytest.raises(cf.FleetError, match=r"members\.qube\.public_key: "):
+        fleet_of(cf, small({"qube": {"public_key": "not-a-key"}}, [{"mesh": ["qube"]}]))

@@ -28,7 +28,7 @@ BAD_FLEETS = [
      "top level: duplicate key 'fleet' (line 2 column 1 and line 7 column 1)"),
     ("unknown-top-level-key", HEAD + MEMBERS + "topolgy: []\n",
      "topolgy: unknown key (allowed: version, fleet, members, epoch, groups, topology, edge_epochs, compromised_keys)"),
-    ("unknown-member-option", HEAD + "members:\n  vps1: {nta: true}\n", "members.vps1.nta: unknown key (allowed: endpoints, nat)"),
+    ("unknown-member-option", HEAD + "members:\n  vps1: {nta: true}\n", "members.vps1.nta: unknown key (allowed: endpoints, nat, public_key)"),
     ("missing-members", HEAD, "members: missing"),
     ("wrong-version", "version: 2\nfleet: home\n" + MEMBERS, "version: 2 is not a fleet file version this module reads (1)"),
     ("bad-fleet-name", "version: 1\nfleet: Home\n" + MEMBERS, "fleet: 'Home' must be 1-32 of a-z 0-9 -"),
@@ -241,5 +241,6 @@ def test_the_documented_example_fleet_file_is_valid(cf):
     from support.saltenv import REPO
 
     fleet = cf.load_fleet(str(REPO / "fleet.example.yaml"))
-    assert fleet.name == "home" and sorted(fleet.members) == ["home", "laptop", "vps1", "vps2"]
+    assert fleet.name == "home" and sorted(fleet.members) == ["home", "laptop", "sys-cjdns", "vps1", "vps2"]
     assert cf.neighbours(fleet, "laptop") == ["home", "vps1"]
+    assert cf.neighbours(fleet, "sys-cjdns") == ["vps1"] and fleet.members["sys-cjdns"].public_key
