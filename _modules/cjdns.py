@@ -2850,7 +2850,9 @@ def plan_live(wanted: dict, base: dict | None, running: dict, unknown_why: str =
         plan.reset_incoming = sorted(k for k in incoming if k not in plan.disconnect)
 
     for key, peer in sorted(wanted["peers"].items()):
-        if key not in present:
+        # An incoming session this plan drops (its user revoked: the link changed direction)
+        # is no session to the peer afterwards: connect after the disconnect.
+        if key not in present or (key in plan.disconnect and present[key].get("incoming")):
             plan.connect.append(key)
         elif not present[key].get("incoming") and (base["peers"].get(key) or {}).get("fp") != peer["fp"]:
             plan.disconnect.append(key)

@@ -101,7 +101,11 @@ def edges_up(lab, edges, names):
                 other = owner[peer["public_key"]]
                 seen.add((name, other, peer["incoming"]))
     wanted = {(c, s, False) for c, s in edges} | {(s, c, True) for c, s in edges}
-    return True if seen == wanted else {"missing": sorted(wanted - seen), "extra": sorted(seen - wanted)}
+    if seen == wanted:
+        return True
+    shown = {name: [(owner.get(p["public_key"], p["public_key"][:8]), p["state"], p["incoming"], p["lladdr"])
+                    for p in stats[name]] for name in names}
+    return {"missing": sorted(wanted - seen), "extra": sorted(seen - wanted), "peer_stats": shown}
 
 
 def settle(lab, names):

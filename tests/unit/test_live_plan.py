@@ -55,6 +55,15 @@ def test_new_peer_is_connected_only_when_not_in_peer_stats():
     assert plan.empty()
 
 
+def test_a_link_that_changes_direction_is_disconnected_then_connected():
+    """A was our client (its user tied to its address); now we connect to A (fleet: mesh to
+    hubs). Its incoming session goes with its user, so a session of ours must follow."""
+    old = conf(users={"a": {"password": "x", "ipv6": A["ipv6"]}})
+    new = conf(peers={"127.0.0.1:9": PEER_A}, users={})
+    plan = cj.plan_live(cj.live_view(new, SALT), cj.live_view(old, SALT), running(old, [peer(A, incoming=True, user="a")]))
+    assert plan.remove_users == ["a"] and plan.disconnect == [A["public_key"]] and plan.connect == [A["public_key"]]
+
+
 def test_changed_peer_credentials_disconnect_then_connect():
     old = conf(peers={"127.0.0.1:9": PEER_A})
     new = conf(peers={"127.0.0.1:9": {**PEER_A, "password": "pa2"}})
