@@ -27,11 +27,11 @@ def vectors() -> pathlib.Path:
 # The order modules start in (pytest.ini keeps it with --no-loadscope-reorder; xdist's default
 # sorts by test count, which put these minutes-long, few-test modules last). xdist hands each
 # worker two modules at the start, and another whenever it has two tests or fewer left, so: the
-# three longest first, one per worker; the next ones (each 1.5-2 minutes: test_fleet_lab boots
-# a master and five minion machines) after a quarter of the short modules, so that no worker
-# starts with two long ones and none is left last.
-LONGEST_FIRST = ["test_adopt_manual", "test_qubes_booted", "test_qubes_sls"]
-LONG_LATER = ["test_readme_qubes", "test_node_sls", "test_fleet_lab"]
+# three longest first, one per worker (test_fleet: a master and five minion machines through
+# nine fleet changes); the next ones (each 2-4 minutes) after a quarter of the short modules,
+# so that no worker starts with two long ones and none is left last.
+LONGEST_FIRST = ["test_fleet", "test_qubes_booted", "test_adopt_manual"]
+LONG_LATER = ["test_qubes_sls", "test_readme_qubes", "test_node_sls"]
 
 
 def _boots_qubes(item) -> bool:

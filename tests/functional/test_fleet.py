@@ -2,22 +2,24 @@
 reactor, and real salt-minion daemons, each in its own booted Debian 13 machine and network
 namespace (tests/support/fleet_lab.py), whose emulated cjdroute peers over real UDP between the
 namespaces (tests/emulation/peering.py: an edge is ESTABLISHED only if the server accepts the
-client's credentials). The tests run in order on one lab: mesh, the secret sweep, pillar
-isolation, hubs, a join brought along by the reactor, removal, rotation, a compromised key,
-bad fleet files."""
+client's credentials). The tests run in order on one lab: the lab itself (test_0_*), mesh, the
+secret sweep, pillar isolation, hubs, a join brought along by the reactor, removal, rotation, a
+compromised key, bad fleet files."""
 
 import copy
 import hashlib
+import ipaddress
 import itertools
 import json
 import os
+import subprocess
 import time
 
 import pytest
 import yaml
 
 from support.fleet_compiler import load_compiler
-from support.fleet_lab import FleetLab
+from support.fleet_lab import NS_PREFIX, SUBNET, FleetLab, Network, udp_exchange
 from support.qubes_lab import containers_work
 
 pytestmark = [pytest.mark.booted,
@@ -129,6 +131,81 @@ def conf_of(lab, name):
     return lab.machine(name).path(CONF).read_text()
 
 
+# -- the lab itself: what the fleet tests rely on ------------------------------------------
+
+
+def test_0_master_accepted_every_minion_and_each_answers_from_its_own_machine(lab):
+    keys = lab.keys()
+    assert sorted(keys["minions"]) == FIRST and keys["minions_pre"] == [] and keys["minions_rejected"] == []
+    assert lab.salt("*", "test.ping") == {name: True for name in FIRST}
+    assert lab.salt("*", "network.ipaddrs") == {name: [lab.address(name)] for name in FIRST}
+    for name in FIRST:
+        machine = lab.machine(name)
+        # The daemon is a service of the machine's own systemd, on the host's Python 3.11.
+        assert machine.run(["systemctl", "is-active", "salt-minion"]).stdout.strip() == "active"
+        pid = machine.run(["systemctl", "show", "-p", "MainPID", "--value", "salt-minion"]).stdout.strip()
+        assert "salt-minion" in machine.path(f"/proc/{pid}/cmdline").read_text()
+        assert machine.run(["/usr/bin/python3", "--version"]).stdout.startswith("Python 3.13")
+        # The host's venv and Python are lent read-only: no minion can change them.
+        for lent in (lab.host_python.site_packages / "salt", lab.host_python.stdlib):
+            denied = machine.run(["touch", f"{lent}/fleet-lab-write-probe"])
+            assert denied.returncode != 0 and "Read-only file system" in denied.stderr
+    versions = lab.salt("*", "grains.item", "pythonversion", "osrelease")
+    assert {v["osrelease"] for v in versions.values()} == {"13"}
+    assert {tuple(v["pythonversion"][:2]) for v in versions.values()} == {(3, 11)}
+    assert "[DEBUG   ]" in lab.master_log.read_text()
+    for name in FIRST:
+        assert f"Minion of '{lab.master_address}'" in lab.minion_log(name).read_text()
+        assert (lab.minion_cachedir(name) / "extmods" / "modules" / "cjdns.py").exists()
+
+
+def test_0_the_bridge_is_in_the_masters_namespace_not_the_hosts(lab):
+    subnet = ipaddress.ip_network(f"{lab.master_address}/24", strict=False)
+    assert str(subnet).startswith(f"{SUBNET}.")
+    host = subprocess.run(["ip", "-4", "-j", "addr"], capture_output=True, text=True, check=True).stdout
+    assert not [a for a in json.loads(host) for i in a.get("addr_info", [])
+                if ipaddress.ip_address(i["local"]) in subnet]
+    bridge = subprocess.run(["ip", "netns", "exec", lab.network.master_ns, "ip", "-4", "-j", "addr", "show", "br0"],
+                            capture_output=True, text=True, check=True).stdout
+    assert [i["local"] for i in json.loads(bridge)[0]["addr_info"]] == [lab.master_address]
+
+
+def test_0_minions_reach_each_other_by_udp_across_their_namespaces(lab):
+    for sender, receiver in (("n1", "n2"), ("n4", "n3")):
+        seen = udp_exchange(lab.machine(sender), lab.machine(receiver), lab.address(receiver),
+                            payload=f"{sender}->{receiver}")
+        assert seen == {"received": f"{sender}->{receiver}", "from": lab.address(sender),
+                        "echo": f"{sender}->{receiver}"}
+
+
+def test_0_master_events_are_seen_with_their_minion(lab):
+    with lab.events() as events:
+        since = len(events.events)
+        assert lab.salt("n4", "test.ping") == {"n4": True}
+        ret = events.wait("salt/job/*/ret/n4", since=since, timeout=30)
+    assert ret.data["id"] == "n4" and ret.data["return"] is True and ret.data["fun"] == "test.ping"
+
+
+def test_0_namespaces_of_a_lab_whose_process_is_gone_are_removed():
+    dead = int(open("/proc/sys/kernel/pid_max").read())  # no process has this id
+    stale = [f"{NS_PREFIX}200-{dead}-m", f"{NS_PREFIX}200-{dead}-1"]
+    for name in stale:
+        subprocess.run(["ip", "netns", "add", name], check=True)
+    network = Network()
+    try:
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+        assert not [name for name in stale if name in listed]
+        assert network.master_ns in listed
+    finally:
+        network.destroy()
+        for name in stale:
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+    assert network.master_ns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+# -- fleet mode ------------------------------------------------------------------------------
+
+
 def test_1_mesh_converges_with_one_apply(lab):
     first = apply(lab, FIRST)
     assert failures(first) == {}
@@ -138,6 +215,12 @@ def test_1_mesh_converges_with_one_apply(lab):
     mesh = [(a, b) for a, b in itertools.combinations(FIRST, 2)]  # the smaller id connects
     converged(lab, FIRST, mesh, "the full mesh")
     assert oct(os.stat(lab.fleet_key).st_mode & 0o777) == "0o600"
+    for name in FIRST:
+        environment = lab.machine(name).run(["systemctl", "show", "-p", "Environment", "--value", "cjdns"]).stdout
+        assert "CJDNS_FAKE_PEERING=udp" in environment
+    status = lab.salt("*", "cjdns.status")
+    assert all(s["admin"]["reachable"] and s["identity_checked"] for s in status.values()), status
+    assert len({s["public_key"] for s in status.values()}) == len(FIRST)  # a key of its own each
 
 
 def secrets_of(lab, names):
