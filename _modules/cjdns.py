@@ -1212,13 +1212,18 @@ def merge_peers(text: str, peers: dict, exclusive: bool = False, prune: tuple = 
     def where(old: dict) -> Path:
         return _block_path(data, old["interface"]) + ("connectTo",)
 
+    blocks: dict[int, tuple[Path, Any]] = {}  # per family: the config is edited only at the end
     for endpoint, peer in peers.items():
-        block, connect_to = _peer_block(data, endpoint_family(endpoint))
+        normal = peer_endpoint(endpoint)
+        family = 6 if normal.startswith("[") else 4
+        if family not in blocks:
+            blocks[family] = _peer_block(data, family)
+        block, connect_to = blocks[family]
         path = block + ("connectTo",)
         if connect_to is not None and not isinstance(connect_to, dict) and connect_to != []:
             raise ConfigError(f"{'/'.join(map(str, path))}: is {_kind(connect_to)}, not an object; "
                               "cjdroute ignores it: make it an object keyed \"address:port\" (or remove it)")
-        existing = by_key.get(peer_endpoint(endpoint))
+        existing = by_key.get(normal)
         old = current.get(existing) if existing else None
         key = existing or endpoint
         if old is None:

@@ -651,11 +651,19 @@ class AdminServer:
         return reply
 
     def _fn_InterfaceController_peerStats(self, args: Dict[bytes, Any]) -> Dict[bytes, Any]:
+        # Views only for the page asked for, as cjdroute pages its own list: a view of every
+        # peer for every page made the emulator, not the client, the cost of a paged read.
         now = self.clock_ms()
-        peers = [self._peer_view(peer, now) for peer in self.peers]
-        if self.peering is not None:
-            peers = self.peering.peer_entries(now) + peers
-        return self._paged(b"peers", peers, PEERS_PER_PAGE, args)
+        sessions = self.peering.peer_entries(now) if self.peering is not None else []
+        start = max(self._page(args), 0) * PEERS_PER_PAGE
+        end = start + PEERS_PER_PAGE
+        ours = self.peers[max(start - len(sessions), 0):max(end - len(sessions), 0)]
+        total = len(sessions) + len(self.peers)
+        reply: Dict[bytes, Any] = {b"peers": sessions[start:end] + [self._peer_view(p, now) for p in ours],
+                                   b"total": total}
+        if end < total or self.faults.always_more:
+            reply[b"more"] = 1
+        return reply
 
     def _peer_view(self, peer: Dict[str, Any], now: int) -> Dict[str, Any]:
         """A peer as peerStats shows it at `now`: sessions made here move through their states
