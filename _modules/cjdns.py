@@ -21,6 +21,7 @@ import fcntl
 import hashlib
 import importlib
 import ipaddress
+import json
 import os
 import re
 import secrets
@@ -3028,6 +3029,8 @@ def apply_live(client: "AdminClient", data: dict, plan: LivePlan, wait: float = 
 # --------------------------------------------------------------------------------------
 
 CARD_VERSION = 1
+# Beside the config: the card this node last sent (public facts only).
+CARD_RECORD = ".cjdns-formula-card.json"
 
 
 def reachable_address(text: str) -> bool:
@@ -3069,7 +3072,8 @@ def card_endpoints(addresses: list[str], ports: dict) -> list[str]:
 
 
 def make_card(node_id: str, ident: Identity, ports: dict, endpoints: list[str], epoch: int) -> dict:
-    """What a node publishes: nothing from it that is secret."""
+    """What a node publishes: nothing from it that is secret. ``epoch`` counts the keys this
+    node has published (0 for the first): a new key, a new epoch."""
     return {"version": CARD_VERSION, "id": node_id, "publicKey": ident.public_key, "ipv6": ident.ipv6,
             "endpoints": endpoints, "udp_port": ports.get(4) or ports.get(6), "epoch": epoch}
 
@@ -3105,8 +3109,26 @@ def card_from(path: str, data: dict) -> dict:
     ports = bind_ports(data)
     given = _pillar_value("cjdns:fleet:endpoints", []) or []
     endpoints = sorted({peer_endpoint(e) for e in given}) if given else card_endpoints(_interface_addresses(), ports)
-    return make_card(_minion_id(), ident, ports, endpoints,
-                     int(_pillar_value("cjdns:fleet:epoch", 0) or 0))
+    return make_card(_minion_id(), ident, ports, endpoints, key_epoch(path, ident.public_key))
+
+
+def key_epoch(path: str, public_key: str) -> int:
+    """The epoch of this key: the last card sent has it for the same key, one more for a new key."""
+    record = os.path.join(os.path.dirname(os.path.abspath(path)), CARD_RECORD)
+    try:
+        with open(record, encoding="utf-8") as handle:
+            last = json.load(handle)
+    except (OSError, ValueError):
+        return 0
+    epoch = last.get("epoch") if isinstance(last, dict) else None
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        return 0
+    return epoch if last.get("publicKey") == public_key else epoch + 1
+
+
+def card_fingerprint(card: Any) -> str:
+    """sha256 of a card's canonical JSON (the master's cjdns_fleet.card_fingerprint is the same)."""
+    return hashlib.sha256(json.dumps(card, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _minion_id() -> str:

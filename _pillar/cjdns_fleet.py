@@ -24,6 +24,7 @@ import errno
 import hashlib
 import hmac
 import ipaddress
+import json
 import os
 import re
 import secrets
@@ -816,7 +817,6 @@ def render(fleet: Fleet, key: bytes, member: str, cards: Mapping[str, CardLookup
             "node": {
                 "peers": peers,
                 "authorized_passwords": authorized,
-                "compromised_keys": sorted(fleet.compromised_keys),
             },
             "fleet": {
                 "name": fleet.name,
@@ -828,11 +828,17 @@ def render(fleet: Fleet, key: bytes, member: str, cards: Mapping[str, CardLookup
                 "refused": refused,
                 "unreachable": list(found.unreachable),
                 "members": list(fleet.member_ids),
+                # Its own list, not node.compromised_keys: Salt's pillar merge replaces lists,
+                # and the node replaces a key listed in either.
+                "compromised_keys": sorted(fleet.compromised_keys),
             },
         },
+        # The list form: Salt pops allow_tgt out of a dict form in place (salt.utils.mine
+        # parse_function_definition), so a second mine.update without a new process would
+        # publish the card with no ACL.
         "mine_functions": {
-            CARD_FUNCTION: {"mine_function": CARD_FUNCTION, "allow_tgt": list(fleet.member_ids),
-                            "allow_tgt_type": "list"},
+            CARD_FUNCTION: [{"mine_function": CARD_FUNCTION}, {"allow_tgt": list(fleet.member_ids)},
+                            {"allow_tgt_type": "list"}],
         },
     }
 
@@ -1020,10 +1026,33 @@ def mine_fetcher(opts: Mapping) -> Callable[[str], Any]:
     return lambda minion: cache.fetch(f"minions/{minion}", "mine")
 
 
+def maybe_member(path: str, minion_id: str) -> bool:
+    """Whether a fleet file that does not validate still names `minion_id` under members (True
+    when that cannot be told: unreadable, not YAML, no members mapping)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+        members = data.get("members") if isinstance(data, Mapping) else None
+    except (OSError, ValueError, yaml.YAMLError):
+        return True
+    return not isinstance(members, Mapping) or minion_id in members
+
+
+def card_fingerprint(card: Any) -> str:
+    """sha256 of a card's canonical JSON: the node puts it in its event, and the orchestration
+    waits for exactly that card (an older valid card of the same member is not enough)."""
+    return hashlib.sha256(json.dumps(card, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def member_pillar(config: Config, minion_id: str, fetch_mine: Callable[[str], Any]) -> dict:
     """What the ext_pillar gives `minion_id`: reads the fleet file (cached), the key and only
     the cards of its neighbours."""
-    fleet = load_fleet(config.fleet_file)
+    try:
+        fleet = load_fleet(config.fleet_file)
+    except FleetError:
+        if not maybe_member(config.fleet_file, minion_id):
+            return {}  # a broken fleet file stops its members, not every minion of the master
+        raise
     if minion_id not in fleet.members:
         return {}
     key = ensure_key(config.key_file)

@@ -15,12 +15,14 @@ sync both with `salt-run saltutil.sync_all`. A failure returns `{"Error": reason
 """
 
 import logging
+import re
 import sys
 import time
 from types import ModuleType
 from typing import Any, Callable
 
 import salt.cache
+import salt.key
 import salt.loader
 
 log = logging.getLogger(__name__)
@@ -111,24 +113,30 @@ def _render(compiler: ModuleType, minion: str) -> dict:
     return _ext_pillar()(minion, {}, **_settings())
 
 
-def neighbours(minion: str) -> Any:
+def neighbours(minion: str, reachable: bool = False) -> Any:
     """Sorted ids of the members that have an edge with `minion`, with or without cards.
+    reachable=True: only those this master can run states on (an accepted minion key, and
+    no card in the fleet file, which marks a member without a master).
 
     CLI Example::
 
         salt-run cjdns_fleet.neighbours vps1
     """
-    return _run(_neighbours, minion)
+    return _run(_neighbours, minion, reachable)
 
 
-def _neighbours(compiler: ModuleType, minion: str) -> list:
+def _neighbours(compiler: ModuleType, minion: str, reachable: Any) -> list:
     fleet = compiler.load_fleet(_config(compiler).fleet_file)
     if _member(compiler, minion) not in fleet.members:
         raise RunnerError(f"{minion} is not a member of fleet {fleet.name}")
-    return compiler.neighbours(fleet, minion)
+    found = compiler.neighbours(fleet, minion)
+    if reachable is not True:
+        return found
+    accepted = set(salt.key.Key(__opts__).list_keys().get("minions", []))
+    return [m for m in found if m in accepted and not fleet.members[m].public_key]
 
 
-def wait_card(minion: str, timeout: float = 120, interval: float = 1) -> Any:
+def wait_card(minion: str, timeout: float = 120, interval: float = 1, fingerprint: str = "") -> Any:
     """Wait until the master's cache holds a valid card of `minion`: True, or a failure that
     says why (none arrived, or the last one was refused).
 
@@ -136,13 +144,15 @@ def wait_card(minion: str, timeout: float = 120, interval: float = 1) -> Any:
 
         salt-run cjdns_fleet.wait_card vps1 timeout=60
     """
-    return _run(_wait_card, minion, timeout, interval)
+    return _run(_wait_card, minion, timeout, interval, fingerprint)
 
 
-def _wait_card(compiler: ModuleType, minion: str, timeout: Any, interval: Any) -> bool:
+def _wait_card(compiler: ModuleType, minion: str, timeout: Any, interval: Any, fingerprint: Any = "") -> bool:
     for name, value in (("timeout", timeout), ("interval", interval)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise RunnerError(f"{name}: {value!r} must be a number of seconds > 0")
+    if fingerprint not in ("", None) and not (isinstance(fingerprint, str) and re.fullmatch(r"[0-9a-f]{64}", fingerprint)):
+        raise RunnerError("fingerprint: must be a card's sha256, 64 lower-case hex digits")
     fleet = compiler.load_fleet(_config(compiler).fleet_file)
     if _member(compiler, minion) not in fleet.members:
         raise RunnerError(f"{minion} is not a member of fleet {fleet.name}")
@@ -151,7 +161,8 @@ def _wait_card(compiler: ModuleType, minion: str, timeout: Any, interval: Any) -
     polls = 0
     while True:
         found = compiler.fleet_card(fleet, fetch, minion)
-        if isinstance(found, compiler.Card):
+        if isinstance(found, compiler.Card) and (
+                not fingerprint or compiler.card_fingerprint(compiler.mine_card(fetch(minion))) == fingerprint):
             return True
         left = deadline - time.monotonic()
         if left <= 0:
@@ -160,7 +171,10 @@ def _wait_card(compiler: ModuleType, minion: str, timeout: Any, interval: Any) -
             log.debug("cjdns_fleet.wait_card: no valid card of %s yet; polling every %g s", minion, interval)
         polls += 1
         time.sleep(min(interval, left))
-    why = "no cjdns.card in its mine data" if found is None else f"its card is refused: {found.reason}"
+    if isinstance(found, compiler.Card):
+        why = f"the card stored is not the one announced ({str(fingerprint)[:16]}...)"
+    else:
+        why = "no cjdns.card in its mine data" if found is None else f"its card is refused: {found.reason}"
     raise RunnerError(f"{minion}: no valid card after {timeout:g} s ({why})")
 
 

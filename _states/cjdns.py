@@ -1690,6 +1690,11 @@ def _fleet_problems(cj: Any, fleet: dict) -> list[str]:
     for where, value in ids:
         if not (isinstance(value, str) and re.fullmatch(_MEMBER_ID, value)):
             problems.append(f"cjdns.fleet.{where}: {value!r:.80} is not a minion id (letters, digits, '.', '_', '-'; 1-64)")
+    for key in fleet["compromised_keys"]:
+        try:
+            cj.parse_public_key(key)
+        except cj.KeyFormatError as error:
+            problems.append(f"cjdns.fleet.compromised_keys: {key!r}: {error}")
     for index, endpoint in enumerate(fleet["endpoints"]):
         try:
             cj.peer_endpoint(endpoint)
@@ -2249,20 +2254,25 @@ def firewall_loaded(name: str, udp_port: int, tun_device: str = "tun0", blackhol
 # Fleet mode: the node's card in the master's mine, and the event that brings neighbours along
 # --------------------------------------------------------------------------------------
 
-CARD_RECORD = ".cjdns-formula-card.json"
 CARD_FUNCTION = "cjdns.card"
 CARD_EVENT = "cjdns/fleet/card"
 
 
 def _card_record_path(name: str) -> str:
-    return os.path.join(os.path.dirname(os.path.abspath(name)), CARD_RECORD)
+    return os.path.join(os.path.dirname(os.path.abspath(name)), _cj().CARD_RECORD)
 
 
 def _card_summary(card: dict) -> dict | None:
     return {k: card[k] for k in ("publicKey", "endpoints", "epoch") if k in card} or None
 
 
-def _send_card(name: str, members: list) -> str | None:
+def _stored_card(node_id: str) -> Any:
+    """The card the mine holds for this minion (the master's; salt-call --local: its own)."""
+    found = __salt__["mine.get"](node_id, CARD_FUNCTION, tgt_type="list")
+    return found.get(node_id) if isinstance(found, dict) else None
+
+
+def _send_card(name: str, members: list, fingerprint: str) -> str | None:
     """mine.send then the event; the reason when either fails. The master stores mine data
     after mine.send returns and says nothing when it has: the reactor waits for it."""
     sent = __salt__["mine.send"](CARD_FUNCTION, mine_function=CARD_FUNCTION, path=name,
@@ -2271,7 +2281,7 @@ def _send_card(name: str, members: list) -> str | None:
         return f"mine.send {CARD_FUNCTION} failed (the minion log says why)"
     if _masterless():
         return None
-    if not __salt__["event.send"](CARD_EVENT, {"epoch": _pillar("cjdns:fleet:epoch", 0)}):
+    if not __salt__["event.send"](CARD_EVENT, {"fingerprint": fingerprint}):
         return f"the event {CARD_EVENT} could not be sent"
     return None
 
@@ -2283,8 +2293,9 @@ def _masterless() -> bool:
 
 def card_published(name: str) -> dict:
     """Fleet mode: publish this node's card (``cjdns.card``: public key, address, endpoints,
-    epoch) to the master's mine and announce it with the event ``cjdns/fleet/card``, whenever it
-    differs from the card this state sent last (a new key, endpoints, epoch). Only fleet
+    epoch) to the master's mine and announce it with the event ``cjdns/fleet/card`` (its body:
+    the card's fingerprint, which the master's orchestration waits for), whenever the card the
+    mine holds differs (a new key or endpoints, or a master that lost it). Only fleet
     members (pillar ``cjdns:fleet:member``, set by the fleet ext_pillar) publish; the mine
     entry may be read only by the fleet's members (``allow_tgt``).
     """
@@ -2296,19 +2307,21 @@ def card_published(name: str) -> dict:
     def body(ret: dict) -> dict:
         cj = _cj()
         card = cj.card_from(name, cj.loads(_existing(name)))
-        record = _card_record_path(name)
-        before = _read_json_record(record)
-        if before == card:
-            ret["comment"] = f"card of {card['publicKey']} published earlier, unchanged"
+        # What the mine holds, not what this node sent last: a master that lost it (a key
+        # deleted and accepted again, cjdns_fleet.forget, a new master) gets it again.
+        stored = _stored_card(card["id"])
+        if stored == card:
+            ret["comment"] = f"card of {card['publicKey']} in the mine, unchanged"
             return ret
+        before = stored if isinstance(stored, dict) else {}
         ret["changes"] = {"card": {"old": _card_summary(before), "new": _card_summary(card)}}
         if _test():
             ret.update(result=None, comment=f"card would be sent to the mine and announced ({CARD_EVENT})")
             return ret
-        problem = _send_card(name, _pillar("cjdns:fleet:members", []) or [card["id"]])
+        problem = _send_card(name, _pillar("cjdns:fleet:members", []) or [card["id"]], cj.card_fingerprint(card))
         if problem:
             return _fail(ret, problem)
-        cj.atomic_write(record, (json.dumps(card, indent=2, sort_keys=True) + "\n").encode(), 0o600)
+        cj.atomic_write(_card_record_path(name), (json.dumps(card, indent=2, sort_keys=True) + "\n").encode(), 0o600)
         ret["comment"] = ("masterless: card kept in this minion's own mine, no event" if _masterless()
                           else f"card sent to the mine and announced ({CARD_EVENT})")
         return ret

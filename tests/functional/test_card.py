@@ -89,7 +89,22 @@ def test_not_a_member_publishes_nothing(node):
 
 def test_card_function_through_salt(node):
     tmp_path, conf = node
-    env = SaltEnv(tmp_path / "s", pillar={"cjdns": {"fleet": {"epoch": 4}}})
+    env = SaltEnv(tmp_path / "s", pillar={})
     card = env.call("cjdns.card", str(conf)).data
-    assert card["epoch"] == 4 and card["id"] == "cjdns-test" and card["udp_port"] == 25440
+    assert card["epoch"] == 0 and card["id"] == "cjdns-test" and card["udp_port"] == 25440
     assert all(cj.peer_endpoint(e) == e for e in card["endpoints"])
+    # The epoch counts the keys published: the same key keeps the last card's, a new one is next.
+    record = conf.parent / ".cjdns-formula-card.json"
+    record.write_text(json.dumps({**card, "epoch": 3}))
+    assert env.call("cjdns.card", str(conf)).data["epoch"] == 3
+    record.write_text(json.dumps({**card, "epoch": 3, "publicKey": "other.k"}))
+    assert env.call("cjdns.card", str(conf)).data["epoch"] == 4
+
+
+def test_a_card_lost_by_the_mine_is_sent_again(node):
+    tmp_path, conf = node
+    env = SaltEnv(tmp_path / "s", pillar={"cjdns": {"fleet": FLEET}})
+    assert publish(env, conf)["changes"]
+    env.call("mine.flush")
+    again = publish(env, conf)
+    assert again["changes"]["card"]["old"] is None and again["changes"]["card"]["new"]["publicKey"]

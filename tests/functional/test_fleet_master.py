@@ -82,6 +82,23 @@ def test_4_neighbours(master):
     assert (found.rc, found.data) == (0, LAPTOP_NEIGHBOURS)
 
 
+def test_4_reachable_neighbours_are_accepted_minions_only(master):
+    """The orchestration applies only neighbours this master has accepted (none here)."""
+    found = master.run("cjdns_fleet.neighbours", "laptop", "reachable=True")
+    assert (found.rc, found.data) == (0, [])
+
+
+def test_5_wait_card_waits_for_the_card_announced(master):
+    """An older valid card of the member is not the one its event announced."""
+    card = sample_cards()["vps1"]
+    cf = load_compiler()
+    assert master.run("cjdns_fleet.wait_card", "vps1", f"fingerprint={cf.card_fingerprint(card)}").data is True
+    stale = master.run("cjdns_fleet.wait_card", "vps1", "timeout=1", "fingerprint=" + "ab" * 32)
+    assert stale.rc == 1 and "the card stored is not the one announced" in stale.data["Error"]
+    wrong = master.run("cjdns_fleet.wait_card", "vps1", "timeout=1", "fingerprint=" + "0" * 64)  # YAML: a number
+    assert wrong.rc == 1 and wrong.data["Error"].startswith("fingerprint: must be")
+
+
 def test_5_wait_card_returns_once_the_card_arrives(master):
     waiting = subprocess.Popen([str(SALT_RUN), "-c", str(master.conf), "--out=json", "-l", "debug",
                                 "cjdns_fleet.wait_card", "pi", "timeout=120", "interval=0.2"],

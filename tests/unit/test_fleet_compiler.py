@@ -176,10 +176,12 @@ def test_the_fleet_section_and_mine_functions(cf):
     assert pillar["cjdns"]["fleet"] == {
         "name": "home", "member": "home", "epoch": 1, "endpoints": ["198.51.100.7:47300"],
         "neighbours": ["laptop", "office", "phone", "pi", "vps1", "vps2"], "pending": [], "refused": [],
-        "unreachable": [], "members": members}
-    assert pillar["cjdns"]["node"]["compromised_keys"] == []
-    assert pillar["mine_functions"] == {"cjdns.card": {"mine_function": "cjdns.card", "allow_tgt": members,
-                                                       "allow_tgt_type": "list"}}
+        "unreachable": [], "members": members, "compromised_keys": []}
+    # A hand-written node.compromised_keys is not replaced (Salt's merge replaces lists).
+    assert "compromised_keys" not in pillar["cjdns"]["node"]
+    # The list form, which Salt does not change in place (allow_tgt stays on every update).
+    assert pillar["mine_functions"] == {"cjdns.card": [{"mine_function": "cjdns.card"}, {"allow_tgt": members},
+                                                       {"allow_tgt_type": "list"}]}
 
 
 def test_a_non_member_gets_nothing(cf):
@@ -279,7 +281,7 @@ def test_a_card_with_a_compromised_key_is_refused(cf):
     assert pillar["fleet"]["refused"] == [{"id": "office", "reason": "publicKey: listed in compromised_keys"}]
     assert pillar["fleet"]["pending"] == ["office"]
     assert all(peer["peerName"] != "office" for peer in pillar["node"]["peers"].values())
-    assert pillar["node"]["compromised_keys"] == data["compromised_keys"]
+    assert pillar["fleet"]["compromised_keys"] == data["compromised_keys"]
 
 
 def test_a_missing_card_leaves_the_edge_pending_without_error(cf):
@@ -390,3 +392,22 @@ def test_a_member_without_a_master_has_its_card_in_the_fleet_file(cf):
 def test_a_bad_public_key_in_the_fleet_file_names_its_field(cf):
     with pytest.raises(cf.FleetError, match=r"members\.qube\.public_key: "):
         fleet_of(cf, small({"qube": {"public_key": "not-a-key"}}, [{"mesh": ["qube"]}]))
+
+
+def test_a_broken_fleet_file_stops_its_members_only(cf, tmp_path):
+    """A typo in the fleet file: its members' pillar fails (Salt's _errors), every other
+    minion of the master gets nothing from the fleet and applies as before."""
+    path = tmp_path / "fleet.yaml"
+    path.write_text("version: 1\nfleet: t\nmembers: {a: {}, b: {}}\ntopolgy: []\n")
+    config = cf.Config(fleet_file=str(path), key_file=str(tmp_path / "key"))
+    with pytest.raises(cf.FleetError, match="topolgy: unknown key"):
+        cf.member_pillar(config, "a", lambda m: None)
+    assert cf.member_pillar(config, "other", lambda m: None) == {}
+    path.write_text("version: 1\nfleet: [\n")  # not YAML: members cannot be told apart
+    with pytest.raises(cf.FleetError):
+        cf.member_pillar(config, "other", lambda m: None)
+
+
+def test_the_card_fingerprint_is_the_nodes(cf, cj):
+    card = sample_cards()["vps1"]
+    assert cf.card_fingerprint(card) == cj.card_fingerprint(dict(reversed(list(card.items()))))
