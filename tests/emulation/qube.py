@@ -15,7 +15,8 @@ qubes-mount-dirs with bind-dirs). Storage follows Qubes (QubesOS/qubes-core-agen
 * network: a private network namespace with only `lo` (or a named one, `netns=`, for gateway
   and fleet tests).
 * host paths: `shared=` directories bound read-write at the same path, `shared_ro=` files or
-  directories bound read-only at the same path (the fleet lab lends the host's Python and venv).
+  directories bound read-only at the same path, or (host path, path in the machine) pairs (the
+  fleet lab lends the host's Python and venv).
 * apt: the qube's only archive is the local repository (vm/rootfs.py) mounted read-only.
 
 Nothing is mounted on this machine's own mount table: the overlay is made in a private mount
@@ -96,7 +97,7 @@ class Qube:
     def __init__(self, name: str, workdir: os.PathLike[str] | str, *,
                  services: Iterable[str] | Mapping[str, bool] = (), vm_type: str = "",
                  shared: Sequence[os.PathLike[str] | str] = (), netns: str | None = None,
-                 shared_ro: Sequence[os.PathLike[str] | str] = (),
+                 shared_ro: Sequence[os.PathLike[str] | str | tuple[os.PathLike[str] | str, os.PathLike[str] | str]] = (),
                  bind_dirs_version: str = "4.2") -> None:
         self.name = name
         self.dir = Path(workdir).resolve() / name
@@ -108,8 +109,9 @@ class Qube:
         for path in self.shared:
             if not path.is_dir():
                 raise ValueError(f"shared path is not a directory: {path}")
-        self.shared_ro = [Path(p) for p in shared_ro]
-        for path in self.shared_ro:
+        # A path is bound at itself; a (host path, path in the machine) pair elsewhere.
+        self.shared_ro = [(Path(p[0]), Path(p[1])) if isinstance(p, tuple) else (Path(p), Path(p)) for p in shared_ro]
+        for path, _ in self.shared_ro:
             if not path.exists():
                 raise ValueError(f"read-only shared path does not exist: {path}")
         self.netns = netns
@@ -166,7 +168,7 @@ class Qube:
                 f"--bind-ro={repo}:{rootfs.REPO_IN_QUBE}",
                 f"--bind-ro={self.dir / 'qubesdb'}:/run/qubes-emulation",
                 *(f"--bind={p}" for p in self.shared),
-                *(f"--bind-ro={p}" for p in self.shared_ro)]
+                *(f"--bind-ro={src}:{dst}" for src, dst in self.shared_ro)]
         argv.append(f"--network-namespace-path=/run/netns/{self.netns}" if self.netns else "--private-network")
         env = {"PATH": BASE_ENV["PATH"], "QUBE_MNT": str(self.dir / "mnt"),
                "QUBE_LOWER": ":".join(str(p) for p in [*lowers, root]),

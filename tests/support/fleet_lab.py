@@ -98,15 +98,17 @@ class HostPython:
                    venv=venv,
                    site_packages=Path(sysconfig.get_paths()["purelib"]).resolve())
 
-    def binds(self) -> list[Path]:
-        """What a machine gets read-only at the same path."""
-        return [self.interpreter, self.stdlib, self.site_packages]
+    def binds(self, shim: Path) -> list[Path | tuple[Path, Path]]:
+        """What a machine gets read-only: the venv's skeleton (`shim`) at the venv's path, then
+        the host's interpreter, standard library and site-packages at their own paths. A bind,
+        not files in the machine's root: systemd-nspawn mounts a tmpfs on /tmp, which would hide
+        a venv under /tmp (a CI clone there)."""
+        return [(shim, self.venv), self.interpreter, self.stdlib, self.site_packages]
 
-    def install_shim(self, root: Path) -> None:
-        """The venv's skeleton in a machine's root layer: pyvenv.cfg, bin/python* -> the host's
-        interpreter, Salt's scripts, and an empty site-packages that the bind mount covers."""
-        shim = root / str(self.venv).lstrip("/")
-        site = root / str(self.site_packages).lstrip("/")
+    def install_shim(self, shim: Path) -> None:
+        """The venv's skeleton in the host directory `shim`: pyvenv.cfg, bin/python* -> the
+        host's interpreter, Salt's scripts, and an empty site-packages that its bind covers."""
+        site = shim / self.site_packages.relative_to(self.venv)
         site.mkdir(parents=True, exist_ok=True)
         (shim / "bin").mkdir(parents=True, exist_ok=True)
         shutil.copy(self.venv / "pyvenv.cfg", shim / "pyvenv.cfg")
@@ -538,8 +540,11 @@ class FleetLab:
                 raise FleetLabError(f"minion {name!r} is already in the lab")
             index = max((m.index for m in self.members.values()), default=0) + 1
             netns = self.network.add_member(index)
+            shim = self.dir / "venv-shim"
+            if not shim.exists():
+                self.host_python.install_shim(shim)
             machine = Template(name, self.dir / "machines", netns=netns, shared=[self.dir / "upstream"],
-                               shared_ro=self.host_python.binds())
+                               shared_ro=self.host_python.binds(shim))
             self.members[name] = Member(name, index, netns, machine)
             self._prepare_root(name, machine.root_upper)
         with ThreadPoolExecutor(len(names)) as pool:
@@ -547,9 +552,8 @@ class FleetLab:
                 future.result()
 
     def _prepare_root(self, name: str, root: Path) -> None:
-        """What the machine has before its first boot: the borrowed Salt, the minion's
-        configuration and unit (enabled), and the fake-peering drop-in for cjdns.service."""
-        self.host_python.install_shim(root)
+        """What the machine has before its first boot: the minion's configuration and unit
+        (enabled), and the fake-peering drop-in for cjdns.service."""
         etc = root / "etc"
         (etc / "salt").mkdir(parents=True, exist_ok=True)
         (etc / "salt/minion").write_text(yaml.safe_dump(self.minion_config(name)))
