@@ -380,7 +380,7 @@ def test_9_bad_fleet_files_fail_naming_the_field_and_change_nothing(lab):
             assert set(failures(result)) == set(members), (what, result)
             assert all(field in json.dumps(r) for r in result.values()), (what, result)
             # n4 left the fleet in test_6: a broken fleet file is not its problem.
-            assert lab.salt("n4", "pillar.item", "_errors") == {"n4": {}}, what
+            assert not lab.salt("n4", "pillar.item", "_errors")["n4"].get("_errors"), what
         lab.fleet_file.write_text(good)
         lab.fleet_key.chmod(0o644)
         result = apply(lab, members)

@@ -65,6 +65,7 @@ FORMULA_PARTS = ("cjdns", "_modules", "_states", "_pillar", "_runners")
 SALT_BIN = Path(sys.executable).parent
 MINION_UNIT = "salt-minion.service"
 READY_TIMEOUT = 90.0
+FIND_JOB_AFTER = 20.0
 # salt's target-type options (tgt_type= as Salt's Python API spells it).
 TARGET_FLAGS = {"list": "-L", "pcre": "-E", "grain": "-G", "pillar": "-I", "compound": "-C",
                 "nodegroup": "-N", "ipcidr": "-S"}
@@ -638,13 +639,29 @@ class FleetLab:
         """`salt --static --out=json TARGET FUN ARGS` -> {minion: return}. check: salt's exit
         status must be 0 (it is not when a minion did not answer or its function failed)."""
         select = [] if tgt_type == "glob" else [TARGET_FLAGS[tgt_type]]
-        proc = self._master_cli("salt", "--timeout", str(int(timeout)), "--static", "--out=json",
-                                "-l", "quiet", *select, target, fun, *args, timeout=timeout + 60)
-        data = _json(proc, f"salt {target} {fun}")
-        if check and proc.returncode != 0:
+        # salt's --timeout is how long it waits before asking the minions that have not
+        # returned whether they still run the job (find_job); it waits on while they do.
+        proc = self._master_cli("salt", "--show-jid", "--timeout", str(int(min(timeout, FIND_JOB_AFTER))),
+                                "--static", "--out=json", "-l", "quiet", *select, target, fun, *args,
+                                timeout=timeout + 60)
+        jid, _, rest = proc.stdout.partition("\n") if proc.stdout.startswith("jid: ") else ("", "", proc.stdout)
+        data = _json(subprocess.CompletedProcess(proc.args, proc.returncode, rest, proc.stderr), f"salt {target} {fun}")
+        data = data if isinstance(data, dict) else {}
+        # Salt 3007's CLI sometimes misses a return event on the master's bus that the master
+        # has stored (seen here under load): such a minion "did not return"; its return is in
+        # the job cache.
+        lost = [m for m, v in data.items() if isinstance(v, str) and v.startswith("Minion did not return")]
+        recovered = False
+        if lost and jid:
+            cached = self.salt_run("jobs.lookup_jid", jid.removeprefix("jid: ").strip())
+            found = [m for m in lost if isinstance(cached, dict) and m in cached]
+            data.update({m: cached[m] for m in found})
+            recovered, lost = bool(found), [m for m in lost if m not in found]
+        # The exit status says nothing once returns came from the job cache: callers check them.
+        if check and proc.returncode != 0 and (lost or not recovered):
             raise FleetLabError(f"salt {target} {fun} exited {proc.returncode}:\n{proc.stdout[-4000:]}"
                                 f"{proc.stderr[-2000:]}")
-        return data if isinstance(data, dict) else {}
+        return data
 
     def apply(self, target: str, sls: str, tgt_type: str = "glob", timeout: float = 600,
               check: bool = False, **kwargs: Any) -> dict[str, Any]:
