@@ -12,6 +12,7 @@ import ipaddress
 import itertools
 import json
 import os
+import pathlib
 import subprocess
 import time
 
@@ -21,11 +22,13 @@ import yaml
 from support.fleet_compiler import load_compiler
 from support.fleet_lab import NS_PREFIX, SUBNET, FleetLab, Network, udp_exchange
 from support.qubes_lab import containers_work
+from support.saltenv import load_module
 
 pytestmark = [pytest.mark.booted,
               pytest.mark.skipif(not containers_work(), reason="needs root, systemd-nspawn and debootstrap")]
 
 compiler = load_compiler()
+cj = load_module()
 CONF = "/etc/cjdns/cjdroute.conf"
 FIRST = ["n1", "n2", "n3", "n4"]
 FLEET = "lab"
@@ -223,21 +226,14 @@ def test_1_mesh_converges_with_one_apply(lab):
     assert len({s["public_key"] for s in status.values()}) == len(FIRST)  # a key of its own each
 
 
-def secrets_of(lab, names):
-    """Every private key, admin password and peer password the members hold."""
-    found = set()
+def node_secrets(lab, names):
+    """(what never leaves a node: private keys and admin passwords, the edge passwords)."""
+    own, edges = set(), set()
     for name in names:
-        data = compiler_conf(conf_of(lab, name))
-        found.add(data["privateKey"])
-        found.add(data["admin"]["password"])
-        for entry in data.get("authorizedPasswords", []):
-            found.add(entry["password"])
-    return found
-
-
-def compiler_conf(text):
-    from support.saltenv import load_module
-    return load_module().loads(text)
+        data = cj.loads(conf_of(lab, name))
+        own |= {data["privateKey"], data["admin"]["password"]}
+        edges |= {entry["password"] for entry in data.get("authorizedPasswords", [])}
+    return own, edges
 
 
 def files_under(top, skip=()):
@@ -249,7 +245,8 @@ def files_under(top, skip=()):
 
 
 def test_2_no_secret_in_logs_job_cache_or_mine(lab):
-    secrets = secrets_of(lab, FIRST) | {lab.fleet_key.read_bytes().hex()}
+    node_only, edges = node_secrets(lab, FIRST)
+    secrets = node_only | edges | {lab.fleet_key.read_bytes().hex()}
     assert len(secrets) >= 3 * len(FIRST)
     places = [str(lab.master_log), *files_under(lab.master_cachedir / "jobs")]
     places += [p for p in files_under(lab.master_cachedir / "minions") if p.endswith("mine.p")]
@@ -258,10 +255,12 @@ def test_2_no_secret_in_logs_job_cache_or_mine(lab):
     # The master's minion-data cache keeps each member's pillar (its passwords, as for any
     # pillar): searched for what must never reach the master, private keys and admin passwords.
     pillars = [p for p in files_under(lab.master_cachedir / "minions") if p.endswith("data.p")]
-    node_only = {compiler_conf(conf_of(lab, n))[k] for n in FIRST for k in ("privateKey",)} | \
-                {compiler_conf(conf_of(lab, n))["admin"]["password"] for n in FIRST}
-    leaks = [(p, s[:6]) for p in places for s in secrets if s.encode() in open(p, "rb").read()]
-    leaks += [(p, s[:6]) for p in pillars for s in node_only if s.encode() in open(p, "rb").read()]
+    def found(path, wanted):
+        data = pathlib.Path(path).read_bytes()
+        return [(path, s[:6]) for s in wanted if s.encode() in data]
+
+    leaks = [leak for path in places for leak in found(path, secrets)]
+    leaks += [leak for path in pillars for leak in found(path, node_only)]
     assert len(places) > 10 and pillars
     assert leaks == []
 
@@ -323,7 +322,7 @@ def test_6_a_removed_member_disappears_from_its_neighbours(lab):
 
 def peer_password_digest(lab, name):
     """sha256 of each connectTo password of name's config, by endpoint (no password shown)."""
-    data = compiler_conf(conf_of(lab, name))
+    data = cj.loads(conf_of(lab, name))
     found = {}
     for block in data["interfaces"]["UDPInterface"]:
         for endpoint, peer in (block.get("connectTo") or {}).items():

@@ -2,7 +2,6 @@
 cards, and a private salt-master config dir for real salt-run and Pillar compilation."""
 
 import copy
-import importlib.util
 import json
 import os
 import pathlib
@@ -12,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from support.saltenv import REPO, TESTS, SaltResult
+from support.saltenv import REPO, TESTS, SaltResult, load_file
 
 FLEET_DATA = TESTS / "data" / "fleet"
 SALT_RUN = pathlib.Path(sys.executable).with_name("salt-run")
@@ -20,13 +19,7 @@ SALT_RUN = pathlib.Path(sys.executable).with_name("salt-run")
 
 def load_compiler(name: str = "cjdns_fleet_pillar") -> Any:
     """_pillar/cjdns_fleet.py imported as plain Python (no Salt loader)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO / "_pillar" / "cjdns_fleet.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_file(name, "_pillar/cjdns_fleet.py")
 
 
 def sample_fleet_text() -> str:

@@ -17,15 +17,20 @@ VECTORS = TESTS / "vectors"
 SALT_CALL = pathlib.Path(sys.executable).with_name("salt-call")
 
 
-def load_module(name: str = "cjdns_module") -> Any:
-    """_modules/cjdns.py imported as plain Python (no Salt loader)."""
+def load_file(name: str, relative: str) -> Any:
+    """A file of the checkout imported as plain Python under `name` (no Salt loader), once."""
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO / "_modules" / "cjdns.py")
+    spec = importlib.util.spec_from_file_location(name, REPO / relative)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def load_module(name: str = "cjdns_module") -> Any:
+    """_modules/cjdns.py imported as plain Python (no Salt loader)."""
+    return load_file(name, "_modules/cjdns.py")
 
 
 @dataclass
